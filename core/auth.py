@@ -1,0 +1,171 @@
+"""Identity: API keys in SQLite (digest only), and turning a bearer credential into one.
+
+An API key looks like ``sg_<key id>_<secret>``. The key id is public (it names the
+key in listings, logs and ``owner_key_id``); the secret is 32 random bytes shown
+once and stored only as its SHA-256 digest, compared in constant time. A
+high-entropy random secret needs no slow password hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+import pathlib
+import secrets
+import time
+from typing import Any
+
+import aiosqlite
+
+from sessiongate.core.errors import InvalidArgument, NotFound, Unauthenticated
+
+__all__ = ["Identity", "KeyStore", "ADMIN_SCOPE", "KEY_PREFIX", "parse_bearer"]
+
+ADMIN_SCOPE = "sessions:admin"
+KEY_PREFIX = "sg"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id      TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    digest      BLOB NOT NULL,
+    scopes      TEXT NOT NULL DEFAULT '[]',
+    tags        TEXT NOT NULL DEFAULT '[]',
+    created_at  REAL NOT NULL,
+    revoked_at  REAL
+);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who is calling. ``key_id`` is what sessions record as their owner."""
+
+    key_id: str
+    name: str
+    scopes: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()
+    kind: str = "api_key"  # or "token" (acl plugin), …
+    expires_at: float | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return ADMIN_SCOPE in self.scopes
+
+
+def parse_bearer(metadata: Any) -> str:
+    """The credential of an ``authorization: Bearer …`` header; Unauthenticated if none."""
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            scheme, _, credential = str(value).partition(" ")
+            if scheme.lower() == "bearer" and credential.strip():
+                return credential.strip()
+            raise Unauthenticated("the authorization header must be 'Bearer <api-key>'")
+    raise Unauthenticated("no API key: send the header 'authorization: Bearer <api-key>'")
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+class KeyStore:
+    """API keys in ``state_dir/keys.sqlite3`` (WAL; one connection; writes serialised)."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> KeyStore:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, timeout=5, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute(SCHEMA)
+        os.chmod(self.path, 0o600)
+        return self
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> KeyStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("key store is not open")
+        return self._db
+
+    async def create(self, name: str, *, scopes: list[str] | tuple[str, ...] = (),
+                     tags: list[str] | tuple[str, ...] = ()) -> tuple[str, str]:
+        """Create a key; returns ``(key_id, full_key)``. The full key is never stored."""
+        if not name.strip():
+            raise InvalidArgument("a key needs a non-empty name")
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                await self.db.execute(
+                    "INSERT INTO api_keys (key_id, name, digest, scopes, tags, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (key_id, name, _digest(secret), json.dumps(sorted(set(scopes))),
+                     json.dumps(sorted(set(tags))), time.time()))
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        return key_id, f"{KEY_PREFIX}_{key_id}_{secret}"
+
+    async def revoke(self, key_id: str) -> None:
+        async with self._write_lock:
+            cursor = await self.db.execute(
+                "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
+                (time.time(), key_id))
+        if cursor.rowcount == 0:
+            raise NotFound(f"no API key with id {key_id!r}")
+
+    async def list(self) -> list[dict[str, Any]]:
+        rows = await self.db.execute_fetchall(
+            "SELECT key_id, name, scopes, tags, created_at, revoked_at FROM api_keys "
+            "ORDER BY created_at")
+        return [{"key_id": r[0], "name": r[1], "scopes": json.loads(r[2]),
+                 "tags": json.loads(r[3]), "created_at": r[4], "revoked": r[5] is not None}
+                for r in rows]
+
+    async def count(self) -> int:
+        rows = await self.db.execute_fetchall("SELECT COUNT(*) FROM api_keys")
+        return int(list(rows)[0][0])
+
+    async def verify(self, credential: str) -> Identity:
+        """The identity of a full API key; Unauthenticated if unknown, wrong or revoked."""
+        prefix, _, rest = credential.partition("_")
+        key_id, _, secret = rest.partition("_")
+        if prefix != KEY_PREFIX or not key_id or not secret:
+            raise Unauthenticated("unknown API key")
+        rows = list(await self.db.execute_fetchall(
+            "SELECT name, digest, scopes, tags, revoked_at FROM api_keys WHERE key_id = ?",
+            (key_id,)))
+        stored = rows[0][1] if rows else b"\0" * 32
+        matches = hmac.compare_digest(stored, _digest(secret))
+        if not rows or not matches:
+            raise Unauthenticated("unknown API key")
+        name, _, scopes, tags, revoked_at = rows[0]
+        if revoked_at is not None:
+            raise Unauthenticated(f"API key {key_id} has been revoked")
+        return Identity(key_id=key_id, name=name, scopes=frozenset(json.loads(scopes)),
+                        tags=frozenset(json.loads(tags)))
+
+    async def is_active(self, key_id: str) -> bool:
+        rows = list(await self.db.execute_fetchall(
+            "SELECT revoked_at FROM api_keys WHERE key_id = ?", (key_id,)))
+        return bool(rows) and rows[0][0] is None

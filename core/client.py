@@ -1,0 +1,176 @@
+"""A small asyncio client for applications (also what the CLI uses).
+
+``follow()`` is the part worth having: it streams a session's events and, when
+the stream breaks (network cut, gateway restart, overflow), resumes after the
+last sequence it yielded, with bounded exponential backoff and jitter. A replay
+gap is yielded as a :class:`GapNotice` so the application knows to re-read the
+state it depends on; it never sees a silent hole or a duplicate.
+
+    async with connect("127.0.0.1:50551", key) as gw:
+        sid = (await gw.open(client_name="app")).session_id
+        async for item in gw.follow(sid):
+            ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from collections.abc import AsyncIterator
+from typing import Any, NamedTuple
+
+import grpc
+
+from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
+
+__all__ = ["connect", "GatewayClient", "GapNotice", "Reconnecting", "info_json"]
+
+#: Codes after which resuming can succeed (the gateway or the connection went away,
+#: or this subscriber overflowed and may resume from where it was).
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                       grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                       grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED})
+ENDED_STATES = (gateway_pb2.CLOSED, gateway_pb2.FAULTED)
+
+
+class GapNotice(NamedTuple):
+    """Events after ``requested_after`` and before ``oldest_available`` are lost."""
+
+    requested_after: int
+    oldest_available: int
+    reason: str
+
+
+class Reconnecting(NamedTuple):
+    """The stream broke; ``follow`` resumes after ``after_sequence`` in ``delay`` s."""
+
+    error: str
+    delay: float
+    after_sequence: int
+
+
+def info_json(info: Any) -> str:
+    from google.protobuf.json_format import MessageToDict
+
+    return json.dumps(MessageToDict(info, preserving_proto_field_name=True))
+
+
+class GatewayClient:
+    def __init__(self, channel: grpc.aio.Channel, key: str) -> None:
+        self.channel = channel
+        self.stub = gateway_pb2_grpc.GatewayStub(channel)
+        self.metadata = (("authorization", f"Bearer {key}"),) if key else ()
+
+    async def open(self, *, client_name: str = "", backend: str = "", tag: str = "",
+                   lease_seconds: int = 0) -> Any:
+        return await self.stub.OpenSession(gateway_pb2.OpenSessionRequest(
+            client_name=client_name, backend=backend, tag=tag, lease_seconds=lease_seconds),
+            metadata=self.metadata)
+
+    async def close(self, session_id: str) -> Any:
+        return await self.stub.CloseSession(
+            gateway_pb2.CloseSessionRequest(session_id=session_id), metadata=self.metadata)
+
+    async def get(self, session_id: str) -> Any:
+        return await self.stub.GetSession(
+            gateway_pb2.GetSessionRequest(session_id=session_id), metadata=self.metadata)
+
+    async def list(self) -> list[Any]:
+        response = await self.stub.ListSessions(gateway_pb2.ListSessionsRequest(),
+                                                metadata=self.metadata)
+        return list(response.sessions)
+
+    async def invoke(self, session_id: str, command: str, payload: bytes = b"", *,
+                     timeout_ms: int = 0) -> bytes:
+        response = await self.stub.Invoke(gateway_pb2.InvokeRequest(
+            session_id=session_id, command=command, payload=payload, timeout_ms=timeout_ms),
+            metadata=self.metadata)
+        return response.payload
+
+    async def invoke_json(self, session_id: str, command: str, payload: Any = None) -> Any:
+        raw = await self.invoke(session_id, command,
+                                b"" if payload is None else json.dumps(payload).encode())
+        return json.loads(raw) if raw else None
+
+    async def login(self, username: str, password: str) -> Any:
+        return await self.stub.Login(gateway_pb2.LoginRequest(username=username,
+                                                              password=password))
+
+    def stream(self, session_id: str, *, after_sequence: int | None = None,
+               subscriber_id: str = "", max_batch: int = 0, on_overflow: int = 0) -> Any:
+        request = gateway_pb2.StreamEventsRequest(
+            session_id=session_id, subscriber_id=subscriber_id, max_batch=max_batch,
+            on_overflow=on_overflow)
+        if after_sequence is not None:
+            request.after_sequence = after_sequence
+        return self.stub.StreamEvents(request, metadata=self.metadata)
+
+    async def _ended(self, session_id: str) -> bool:
+        try:
+            return (await self.get(session_id)).state in ENDED_STATES
+        except grpc.aio.AioRpcError as exc:
+            return exc.code() == grpc.StatusCode.NOT_FOUND
+
+    async def follow(self, session_id: str, *, after_sequence: int | None = None,
+                     subscriber_id: str = "", reconnect: bool = True,
+                     initial_delay: float = 0.1, max_delay: float = 5.0,
+                     give_up_after: float = 300.0) -> AsyncIterator[Any]:
+        """Events (``Event``), gaps (``GapNotice``) and, when resuming, ``Reconnecting``.
+
+        Ends when the session closes; raises ``grpc.aio.AioRpcError`` for a
+        non-retryable status or when the gateway stays away ``give_up_after`` s.
+        """
+        cursor = after_sequence
+        if cursor is None and reconnect:
+            # Our position before attaching: a resume replays from here, never skips.
+            cursor = (await self.get(session_id)).last_sequence
+            resume_first = False
+        else:
+            resume_first = after_sequence is not None
+        delay = initial_delay
+        broken_for = 0.0
+        while True:
+            call = self.stream(session_id, subscriber_id=subscriber_id,
+                               after_sequence=cursor if resume_first else None)
+            try:
+                async for response in call:
+                    delay, broken_for = initial_delay, 0.0
+                    if response.HasField("gap"):
+                        gap = response.gap
+                        yield GapNotice(gap.requested_after, gap.oldest_available,
+                                        gateway_pb2.GapReason.Name(gap.reason))
+                    for event in response.events:
+                        if cursor is not None and event.sequence <= cursor and resume_first:
+                            continue  # defensive: never yield a duplicate
+                        cursor = event.sequence
+                        yield event
+                return  # the session closed: the stream ended OK
+            except grpc.aio.AioRpcError as exc:
+                if not reconnect or exc.code() not in RETRYABLE:
+                    raise
+                if broken_for >= give_up_after:
+                    raise
+                if exc.code() == grpc.StatusCode.UNAVAILABLE and await self._ended(session_id):
+                    raise  # the session faulted or closed: nothing to resume
+                resume_first = True
+                cursor = cursor or 0
+                pause = delay * random.uniform(0.5, 1.0)
+                yield Reconnecting(f"{exc.code().name}: {exc.details()}", pause, cursor)
+                await _sleep(pause)
+                broken_for += pause
+                delay = min(delay * 2, max_delay)
+            finally:
+                call.cancel()
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+@contextlib.asynccontextmanager
+async def connect(target: str, key: str) -> AsyncIterator[GatewayClient]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        yield GatewayClient(channel, key)

@@ -1,0 +1,91 @@
+"""Errors that carry a public status code (CONTRACT §2) and a message for people.
+
+Core and plugins raise :class:`GatewayError`; the gRPC layer turns it into
+``context.abort(code, message)``. The codes are grpc's, named by string so this
+module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GatewayError",
+    "Unauthenticated",
+    "NotFound",
+    "PermissionDenied",
+    "AlreadyExists",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "OutOfRange",
+    "DeadlineExceeded",
+    "Unavailable",
+    "Aborted",
+    "Internal",
+    "OVERFLOW_MESSAGE",
+]
+
+#: Every overflow disconnect carries this text (clients and tests match on it).
+OVERFLOW_MESSAGE = "event queue overflow"
+
+
+class GatewayError(Exception):
+    """An error with a gRPC status code name (``"NOT_FOUND"`` …) and a human message."""
+
+    code: str = "INTERNAL"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.code}: {self.message})"
+
+
+class Unauthenticated(GatewayError):
+    code = "UNAUTHENTICATED"
+
+
+class NotFound(GatewayError):
+    code = "NOT_FOUND"
+
+
+class PermissionDenied(GatewayError):
+    code = "PERMISSION_DENIED"
+
+
+class AlreadyExists(GatewayError):
+    code = "ALREADY_EXISTS"
+
+
+class ResourceExhausted(GatewayError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class FailedPrecondition(GatewayError):
+    code = "FAILED_PRECONDITION"
+
+
+class InvalidArgument(GatewayError):
+    code = "INVALID_ARGUMENT"
+
+
+class OutOfRange(GatewayError):
+    code = "OUT_OF_RANGE"
+
+
+class DeadlineExceeded(GatewayError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class Unavailable(GatewayError):
+    code = "UNAVAILABLE"
+
+
+class Aborted(GatewayError):
+    code = "ABORTED"
+
+
+class Internal(GatewayError):
+    code = "INTERNAL"

@@ -1,0 +1,336 @@
+"""The gateway: sessions, identity and plugins put together, independent of gRPC.
+
+:class:`Gateway` owns the key store, the :class:`SessionManager` and every
+background task (the lease sweeper, session teardowns); ``stop()`` cancels and
+awaits all of them. The gRPC layer (:mod:`sessiongate.core.server`) is a thin
+translation on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import pathlib
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pluggy
+
+from sessiongate.core.auth import ADMIN_SCOPE, Identity, KeyStore, parse_bearer
+from sessiongate.core.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from sessiongate.core.events import Subscription
+from sessiongate.core.metrics import Metrics
+from sessiongate.core.plugins import Hooks
+from sessiongate.core.session import ENDED, Session, SessionState, new_session_id
+from sessiongate.core.settings import Settings, runtime_dir
+from sessiongate.core.workers import WorkerConfig, WorkerHandle
+
+__all__ = ["Gateway", "SessionManager", "BOOTSTRAP_KEY_FILE"]
+
+log = logging.getLogger("sessiongate.gateway")
+
+BOOTSTRAP_KEY_FILE = "bootstrap-admin.key"
+TOMBSTONES = 1024
+MAX_CLIENT_NAME = 256
+
+
+class SessionManager:
+    """Live sessions (and a bounded memory of ended ones), their opening and teardown."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.settings = gateway.settings
+        self.hooks = gateway.hooks
+        self.metrics = gateway.metrics
+        self.live: dict[str, Session] = {}
+        self.ended: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        self.worker_config = WorkerConfig(self.settings)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self.accepting = True
+
+    # -- lookup ------------------------------------------------------------------------
+
+    def get(self, session_id: str) -> Session:
+        if not session_id:
+            raise InvalidArgument("session_id is empty")
+        session = self.live.get(session_id) or self.ended.get(session_id)
+        if session is None:
+            raise NotFound(f"session {session_id} was not found")
+        return session
+
+    # -- background work ---------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def start(self) -> None:
+        self._sweeper = self.spawn(self._sweep(), "lease-sweeper")
+
+    async def _sweep(self) -> None:
+        interval = float(self.settings.sessions.lease_sweep_interval_seconds)
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep_once()
+
+    def sweep_once(self) -> None:
+        now = time.monotonic()
+        for session in list(self.live.values()):
+            if session.state in (SessionState.READY, SessionState.DETACHED) \
+                    and session.lease_expired(now):
+                self.spawn(self.close(session, "lease expired"), "lease-close")
+
+    # -- callbacks given to sessions and distributors ----------------------------------
+
+    def _on_state(self, session: Session, old: str, new: str, reason: str) -> None:
+        why = f" ({reason})" if reason else ""
+        level = logging.ERROR if new == SessionState.FAULTED else logging.INFO
+        log.log(level, "session %s: %s -> %s%s", session.session_id, old, new, why)
+        self.metrics.inc("session_state", state=new)
+        self.hooks.notify_sync("sg_session_state_changed", session=session, old=old, new=new,
+                               reason=reason)
+        if new == SessionState.FAULTED:
+            self.metrics.inc("faults", reason=reason.split(":")[0])
+            self.spawn(self._teardown(session, reason), "fault-teardown")
+
+    def subscription_released(self, session: Session) -> Callable[[Subscription, str], None]:
+        def released(sub: Subscription, reason: str) -> None:
+            log.info("session %s: subscriber %s detached (%s)", session.session_id,
+                     sub.subscriber_id or sub.kind, reason)
+            self.metrics.inc("stream_disconnects", reason=reason)
+            self.hooks.notify_sync("sg_subscriber_detached", session=session, subscription=sub,
+                                   reason=reason)
+        return released
+
+    def overflow_counter(self, session: Session) -> Callable[[str], None]:
+        def overflowed(kind: str) -> None:
+            self.metrics.inc("queue_overflows", kind=kind)
+        return overflowed
+
+    # -- open --------------------------------------------------------------------------
+
+    async def open(self, identity: Identity, *, client_name: str, backend: str, tag: str,
+                   lease_seconds: float) -> Session:
+        if not self.accepting:
+            raise Unavailable("the gateway is shutting down")
+        if len(client_name) > MAX_CLIENT_NAME:
+            raise InvalidArgument(f"client_name is longer than {MAX_CLIENT_NAME} characters")
+        backend = backend or str(self.settings.workers.backend)
+        spec = self.gateway.backends.get(backend)
+        if spec is None:
+            raise InvalidArgument(f"unknown backend {backend!r} (known: "
+                                  f"{', '.join(sorted(self.gateway.backends))})")
+        if lease_seconds < 0:
+            raise InvalidArgument("lease_seconds must be >= 0")
+        self.gateway.authorize(identity, "open", None)
+        session = Session(
+            session_id=new_session_id(), owner_key_id=identity.key_id, client_name=client_name,
+            backend=backend, tag=tag,
+            lease_seconds=lease_seconds or float(self.settings.sessions.default_lease_seconds),
+            on_state=self._on_state)
+        session.attributes["gateway"] = self.gateway
+        await self.hooks.veto("sg_session_open", session=session, identity=identity)
+        limit = int(self.settings.sessions.max_sessions)
+        if len(self.live) >= limit:  # checked and claimed with no await in between
+            raise ResourceExhausted(f"{len(self.live)} sessions are open "
+                                    f"(sessions.max_sessions = {limit})")
+        self.live[session.session_id] = session
+        try:
+            session.distributor = self.hooks.decide(
+                "sg_make_distributor", session=session, settings=self.settings)
+            socket_path = self.hooks.decide("sg_worker_endpoint", session=session,
+                                            runtime_dir=str(self.gateway.runtime_dir))
+            session.worker = WorkerHandle(
+                session_id=session.session_id, socket_path=socket_path,
+                config=self.worker_config, on_events=session.on_events, on_fault=session.fault)
+            await session.worker.start(
+                backend_spec=spec, backend_name=backend,
+                env_extra=self.gateway.worker_env(session),
+                options=session.attributes.get("worker_options"),
+                launch_hook=lambda argv, env: self.hooks.notify_sync(
+                    "sg_worker_launch", session=session, argv=argv, env=env))
+        except BaseException as exc:
+            session.fault(getattr(exc, "message", None) or f"open failed: {exc!r}")
+            if session.worker is None or session.worker.process is None:
+                await self._finish(session, session.reason)
+            await asyncio.shield(session.ended.wait())
+            raise
+        if not session.transition(SessionState.READY):
+            raise Unavailable(f"session {session.session_id} failed while opening: "
+                              f"{session.reason}")
+        self.metrics.inc("sessions_opened")
+        await self.hooks.notify("sg_session_opened", session=session)
+        self._start_internal_subscribers(session)
+        return session
+
+    def _start_internal_subscribers(self, session: Session) -> None:
+        for consumers in self.hooks.collect("sg_internal_subscribers", session=session):
+            for consumer in consumers:
+                name = getattr(consumer, "__name__", "internal")
+                sub = Subscription(capacity=int(self.settings.events.queue_capacity),
+                                   kind=name, external=False)
+                try:
+                    session.subscribe(sub)
+                except Exception:
+                    log.exception("session %s: internal subscriber %s not attached",
+                                  session.session_id, name)
+                    continue
+                session.spawn(self._run_internal(session, consumer, sub), f"internal-{name}")
+
+    @staticmethod
+    async def _run_internal(session: Session, consumer: Any, sub: Subscription) -> None:
+        try:
+            await consumer(session, sub)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session %s: internal subscriber %s failed", session.session_id,
+                          sub.kind)
+        finally:
+            session.unsubscribe(sub, "internal subscriber ended")
+
+    # -- close -------------------------------------------------------------------------
+
+    async def close(self, session: Session, reason: str) -> Session:
+        """Close (idempotent): streams end OK after their backlog, the worker stops."""
+        if session.state in ENDED or session.state == SessionState.CLOSING:
+            await session.ended.wait()
+            return session
+        session.transition(SessionState.CLOSING, reason)
+        session.end_streams(None)
+        await self._finish(session, reason)
+        return session
+
+    async def _teardown(self, session: Session, reason: str) -> None:
+        await self._finish(session, reason)
+
+    async def _finish(self, session: Session, reason: str) -> None:
+        if session.worker is not None:
+            await session.worker.stop(reason)
+        await session.cancel_tasks()
+        session.transition(SessionState.CLOSED, reason)
+        if self.live.pop(session.session_id, None) is not None:
+            self.ended[session.session_id] = session
+            while len(self.ended) > TOMBSTONES:
+                self.ended.popitem(last=False)
+        if not session.ended.is_set():
+            session.ended.set()
+            await self.hooks.notify("sg_session_closed", session=session, reason=session.reason)
+
+    async def shutdown(self, reason: str = "gateway shutting down") -> None:
+        """Refuse new sessions, end every stream UNAVAILABLE, stop every worker."""
+        self.accepting = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        sessions = list(self.live.values())
+        for session in sessions:
+            if session.state not in ENDED:
+                session.transition(SessionState.CLOSING, reason)
+            session.end_streams(Unavailable(f"session {session.session_id}: {reason}"))
+        await asyncio.gather(*(self._finish(s, reason) for s in sessions),
+                             return_exceptions=True)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Gateway:
+    """Everything but the transport. Create, ``await start()``, use, ``await stop()``."""
+
+    def __init__(self, settings: Settings, pm: pluggy.PluginManager) -> None:
+        self.settings = settings
+        self.pm = pm
+        self.hooks = Hooks(pm)
+        self.metrics = Metrics()
+        self.state_dir = pathlib.Path(str(settings.state_dir)).resolve()
+        self.runtime_dir = runtime_dir(settings)
+        #: identifies this gateway process in socket names; reattach makes it persistent
+        self.instance_id = secrets.token_hex(16)
+        self.backends: dict[str, str] = {}
+        for contributed in reversed(self.hooks.collect("sg_worker_backends")):
+            self.backends.update(contributed)
+        self.keys = KeyStore(self.state_dir / "keys.sqlite3")
+        self.sessions = SessionManager(self)
+        self.bootstrap_key: str | None = None
+        #: plugins publish gateway-wide services here (e.g. "login" from acl)
+        self.attributes: dict[str, Any] = {}
+        self._started = False
+
+    def worker_env(self, session: Session) -> dict[str, str]:
+        """Extra environment for workers: the marker the terminator recognises them by."""
+        env = {"SESSIONGATE_WORKER_MARKER": self.instance_id}
+        env.update(session.attributes.get("worker_env", {}))
+        return env
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        await self.keys.open()
+        try:
+            if await self.keys.count() == 0:
+                await self._bootstrap_admin()
+            await self.hooks.notify("sg_startup", gateway=self)
+        except BaseException:
+            await self.keys.close()
+            raise
+        self.sessions.start()
+        self._started = True
+
+    async def _bootstrap_admin(self) -> None:
+        key_id, key = await self.keys.create("bootstrap-admin", scopes=[ADMIN_SCOPE])
+        path = self.state_dir / BOOTSTRAP_KEY_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key + "\n")
+        self.bootstrap_key = key
+        log.warning("no API keys existed: created bootstrap admin key %s, written to %s",
+                    key_id, path)
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self.sessions.shutdown()
+        await self.hooks.notify("sg_shutdown", gateway=self)
+        await self.keys.close()
+
+    # -- identity ----------------------------------------------------------------------
+
+    async def authenticate(self, metadata: Any) -> Identity:
+        credential = parse_bearer(metadata)
+        identity = self.hooks.decide("sg_authenticate", credential=credential)
+        if identity is None:
+            identity = await self.keys.verify(credential)
+        return identity
+
+    def authorize(self, identity: Identity, action: str, session: Session | None) -> None:
+        decision = self.hooks.decide("sg_authorize", identity=identity, action=action,
+                                     session=session)
+        self.metrics.inc("authz_decisions", action=action,
+                         outcome="deny" if decision is False else "allow")
+        if decision is False:
+            what = f"session {session.session_id}" if session else "sessions"
+            raise PermissionDenied(f"key {identity.key_id} may not {action} {what}")
+
+    def visible(self, identity: Identity, session: Session, action: str = "get") -> bool:
+        try:
+            self.authorize(identity, action, session)
+        except (PermissionDenied, Unauthenticated, FailedPrecondition):
+            return False
+        return True

@@ -1,0 +1,316 @@
+"""Hook specifications: every point where a plugin extends sessiongate.
+
+Plugins implement these with ``from sessiongate.core import hookimpl`` and register
+through the entry-point group ``sessiongate.plugins``.
+
+How sessiongate calls hooks (see :mod:`sessiongate.core.plugins`):
+
+* Implementations are called one at a time, last registered first (pluggy's order;
+  ``tryfirst``/``trylast`` work as usual). Hook wrappers are not supported.
+* **Observer** hooks: every implementation is called; an implementation may be a
+  coroutine function (it is awaited). One that raises is logged with its plugin's
+  name and the session concerned, and ignored.
+* **Veto** hooks: an implementation refuses by raising
+  :class:`sessiongate.core.errors.GatewayError` (its status code reaches the client).
+  Any other exception also refuses (fail closed), logged, with ``INTERNAL``.
+* **Decision** hooks (``firstresult``): synchronous; the first non-``None`` result
+  wins. An exception is logged and refuses the request (fail closed).
+
+Sections: boot, sessions, identity, events, workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sessiongate.core import hookspec
+
+if TYPE_CHECKING:
+    from sessiongate.core.auth import Identity
+    from sessiongate.core.events import Distributor, Subscription
+    from sessiongate.core.gateway import Gateway
+    from sessiongate.core.session import Session
+    from sessiongate.core.settings import Setting, Settings
+
+__all__ = [
+    "sg_add_validators",
+    "sg_secret_settings",
+    "sg_worker_backends",
+    "sg_startup",
+    "sg_shutdown",
+    "sg_session_open",
+    "sg_session_opened",
+    "sg_session_state_changed",
+    "sg_session_closed",
+    "sg_authenticate",
+    "sg_authorize",
+    "sg_make_distributor",
+    "sg_replay_supported",
+    "sg_stream_keeps_alive",
+    "sg_subscriber_attach",
+    "sg_subscriber_attached",
+    "sg_subscriber_detached",
+    "sg_internal_subscribers",
+    "sg_worker_endpoint",
+    "sg_worker_launch",
+    "sg_worker_exited",
+]
+
+# -------------------------------------------------------------------------------------
+# Boot
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def sg_add_validators(settings: Settings) -> Sequence[Setting]:
+    """Contribute the rules of a plugin's own settings.
+
+    Called once at boot, after the core rules and the plugin switches passed, before
+    anything starts. Each plugin validates only its own namespace
+    (``plugins.<name>.*``); every failure of every plugin is reported together.
+
+    :param settings: the loaded (phase-1 validated) settings.
+    :returns: a list of :class:`sessiongate.core.settings.Setting`.
+
+    Kind: observer, sync. Called from: ``sessiongate.core.plugins.load``.
+    """
+
+
+@hookspec
+def sg_secret_settings() -> Sequence[str]:
+    """Name setting keys whose values are secrets (redacted by ``check-config``).
+
+    :returns: dotted keys, e.g. ``["plugins.acl.ldap.bind_password"]``.
+
+    Kind: observer, sync. Called from: ``sessiongate.core.cli``.
+    """
+
+
+@hookspec
+def sg_worker_backends() -> Mapping[str, str]:
+    """Register worker backends by name.
+
+    :returns: ``{name: "module:Class"}``; the class subclasses
+        :class:`sessiongate.core.worker.Backend` and is imported inside the worker
+        process only. Later registrations of the same name win.
+
+    Kind: observer, sync. Called from: ``Gateway.__init__``.
+    """
+
+
+@hookspec
+def sg_startup(gateway: Gateway) -> None:
+    """The gateway is starting: storage is open, no client call is accepted yet.
+
+    Plugins create their background tasks here (and own them until
+    :func:`sg_shutdown`). Adoption of surviving workers happens here.
+
+    :param gateway: the :class:`sessiongate.core.gateway.Gateway`.
+
+    Kind: observer, may be async; awaited in order. Called from: ``Gateway.start``.
+    """
+
+
+@hookspec
+def sg_shutdown(gateway: Gateway) -> None:
+    """The gateway is stopping: no new calls; sessions are about to be closed.
+
+    Plugins cancel and await the tasks they own.
+
+    Kind: observer, may be async. Called from: ``Gateway.stop``.
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Sessions
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def sg_session_open(session: Session, identity: Identity) -> None:
+    """A client asks for a new session; its worker is not started yet.
+
+    Veto by raising a :class:`~sessiongate.core.errors.GatewayError` (e.g.
+    ``InvalidArgument`` for a bad tag, ``PermissionDenied``). The session's fields
+    (``tag``, ``client_name``, ``backend``, ``owner_key_id``) are set.
+
+    Kind: veto, may be async. Called from: ``SessionManager.open``.
+    """
+
+
+@hookspec
+def sg_session_opened(session: Session) -> None:
+    """The session's worker is Ready and the session is READY.
+
+    Kind: observer, may be async. Called from: ``SessionManager.open``.
+    """
+
+
+@hookspec
+def sg_session_state_changed(session: Session, old: str, new: str, reason: str) -> None:
+    """The session moved from state ``old`` to ``new`` (names as in the proto).
+
+    Called synchronously inside the state change: keep it quick and non-blocking.
+
+    Kind: observer, sync. Called from: ``Session.transition``.
+    """
+
+
+@hookspec
+def sg_session_closed(session: Session, reason: str) -> None:
+    """The session reached CLOSED or FAULTED; its worker is gone or going.
+
+    :param reason: words for people (``"closed by client"``, ``"lease expired"`` …).
+
+    Kind: observer, may be async. Called from: ``Session`` teardown.
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Identity and authorisation
+# -------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def sg_authenticate(credential: str) -> Identity | None:
+    """Turn a bearer credential that is not a sessiongate API key into an identity.
+
+    Stops at first non-None result. ``None`` means "not mine"; core then looks the
+    credential up as an API key. Raise ``Unauthenticated`` for a credential that is
+    yours but invalid (expired, tampered).
+
+    :param credential: the text after ``Bearer`` in the ``authorization`` metadata.
+        Never log it.
+
+    Kind: decision, sync. Called from: ``sessiongate.core.auth.Authenticator``.
+    """
+
+
+@hookspec(firstresult=True)
+def sg_authorize(identity: Identity, action: str, session: Session | None) -> bool | None:
+    """May ``identity`` do ``action`` on ``session``?
+
+    Stops at first non-None result. ``True`` allows, ``False`` refuses with
+    ``PERMISSION_DENIED``; ``None`` abstains, and when every plugin abstains any
+    authenticated identity is allowed (core has no policy).
+
+    :param action: one of ``open``, ``get``, ``list``, ``invoke``, ``close``,
+        ``stream``, ``resume``.
+    :param session: the session concerned (``None`` for ``open``).
+
+    Kind: decision, sync. Called from: ``sessiongate.core.gateway.Gateway.authorize``.
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Events
+# -------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def sg_make_distributor(session: Session, settings: Settings) -> Distributor | None:
+    """Create the per-session distributor that delivers events to subscribers.
+
+    Stops at first non-None result. Core's own implementation (``trylast``) returns
+    the single-subscriber distributor; the fanout plugin returns its many-subscriber
+    one. Called once per session, before its worker starts, so no event is lost.
+
+    Kind: decision, sync. Called from: ``Session.__init__`` via ``SessionManager``.
+    """
+
+
+@hookspec(firstresult=True)
+def sg_replay_supported(session: Session) -> bool | None:
+    """May a stream of this session resume with ``after_sequence``?
+
+    Stops at first non-None result. With no implementation answering ``True``,
+    ``after_sequence`` gets ``FAILED_PRECONDITION`` naming the reconnect plugin.
+
+    Kind: decision, sync. Called from: the ``StreamEvents`` handler.
+    """
+
+
+@hookspec(firstresult=True)
+def sg_stream_keeps_alive(session: Session, identity: Identity) -> bool | None:
+    """Does a stream of ``identity`` keep ``session`` alive?
+
+    Stops at first non-None result. ``True``/``None``: the stream keeps the lease from
+    expiring and counts as attached for detach-grace; ``False``: it is a watcher
+    (e.g. a read-only tag viewer under the acl plugin).
+
+    Kind: decision, sync. Called from: the ``StreamEvents`` handler.
+    """
+
+
+@hookspec
+def sg_subscriber_attach(session: Session, identity: Identity, request: Any) -> None:
+    """A client asks to stream the session's events (the request is the proto message).
+
+    Veto by raising a ``GatewayError``. Runs after the authorisation decision.
+
+    Kind: veto, may be async. Called from: the ``StreamEvents`` handler.
+    """
+
+
+@hookspec
+def sg_subscriber_attached(session: Session, subscription: Subscription) -> None:
+    """A subscription is registered with the session's distributor.
+
+    Kind: observer, sync (called inside registration; must not block).
+    Called from: ``Session.subscribe``.
+    """
+
+
+@hookspec
+def sg_subscriber_detached(session: Session, subscription: Subscription, reason: str) -> None:
+    """A subscription ended (client gone, overflow, replaced, session ended).
+
+    Kind: observer, sync. Called from: ``Session`` when a subscription is released.
+    """
+
+
+@hookspec
+def sg_internal_subscribers(session: Session) -> Sequence[Any]:
+    """Gateway-owned subscribers to attach to every session when it becomes Ready.
+
+    :returns: callables ``consumer(session, subscription) -> Awaitable[None]``;
+        core runs each as a task owned by the session, fed by an internal
+        subscription (it never counts toward caps, leases or attachment).
+
+    Kind: observer, sync. Called from: ``SessionManager.open``.
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Workers
+# -------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def sg_worker_endpoint(session: Session, runtime_dir: str) -> str | None:
+    """Choose the Unix socket path for the session's worker.
+
+    Stops at first non-None result. Core's default (``trylast``) derives it from a
+    per-process instance id and the session id.
+
+    Kind: decision, sync. Called from: ``SessionManager.open``.
+    """
+
+
+@hookspec
+def sg_worker_launch(session: Session, argv: list[str], env: dict[str, str]) -> None:
+    """The worker process is about to be started; ``argv`` and ``env`` may be changed.
+
+    Never log ``env``: it carries the session's nonce.
+
+    Kind: observer, sync. Called from: ``sessiongate.core.workers.launch``.
+    """
+
+
+@hookspec
+def sg_worker_exited(session: Session, pid: int, returncode: int | None) -> None:
+    """The session's worker process has exited (or was lost with its connection).
+
+    Kind: observer, may be async. Called from: ``WorkerHandle`` when it is reaped.
+    """

@@ -1,0 +1,76 @@
+"""Framing of the gateway <-> worker IPC: a 4-byte big-endian length, then one
+``WorkerFrame`` (``proto/sessiongate/v1/worker.proto``).
+
+Shared by the gateway and the worker SDK, so it imports only protobuf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+from google.protobuf.message import DecodeError
+
+from sessiongate.v1 import worker_pb2
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "FrameError",
+    "FrameTooLarge",
+    "MalformedFrame",
+    "encode",
+    "read_frame",
+    "NONCE_ENV",
+    "SOCKET_ENV",
+    "SESSION_ENV",
+    "BACKEND_ENV",
+    "MARKER_ENV",
+    "MAX_FRAME_ENV",
+    "OPTIONS_ENV",
+]
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct(">I")
+
+# Environment of a worker process (the nonce is removed from os.environ on start).
+SOCKET_ENV = "SESSIONGATE_WORKER_SOCKET"
+SESSION_ENV = "SESSIONGATE_WORKER_SESSION"
+NONCE_ENV = "SESSIONGATE_WORKER_NONCE"
+BACKEND_ENV = "SESSIONGATE_WORKER_BACKEND"
+MARKER_ENV = "SESSIONGATE_WORKER_MARKER"
+MAX_FRAME_ENV = "SESSIONGATE_WORKER_MAX_FRAME"
+OPTIONS_ENV = "SESSIONGATE_WORKER_OPTIONS"
+
+
+class FrameError(Exception):
+    """The peer sent something that is not a valid frame; the connection is unusable."""
+
+
+class FrameTooLarge(FrameError):
+    pass
+
+
+class MalformedFrame(FrameError):
+    pass
+
+
+def encode(frame: worker_pb2.WorkerFrame) -> bytes:
+    data = frame.SerializeToString()
+    return HEADER.pack(len(data)) + data
+
+
+async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> worker_pb2.WorkerFrame:
+    """Read one frame; ``asyncio.IncompleteReadError`` at a clean EOF."""
+    header = await reader.readexactly(HEADER.size)
+    (size,) = HEADER.unpack(header)
+    if size > max_bytes:
+        raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {max_bytes} bytes")
+    data = await reader.readexactly(size)
+    frame = worker_pb2.WorkerFrame()
+    try:
+        frame.ParseFromString(data)
+    except DecodeError as exc:
+        raise MalformedFrame(f"malformed frame ({size} bytes): {exc}") from None
+    if frame.WhichOneof("body") is None:
+        raise MalformedFrame(f"frame ({size} bytes) carries no known message")
+    return frame

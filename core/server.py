@@ -1,0 +1,268 @@
+"""The gRPC API (grpc.aio): a thin translation of :class:`Gateway` to CONTRACT §2–3.
+
+Every handler authenticates, looks the session up, asks for authorisation, and
+maps :class:`GatewayError` to ``context.abort(code, message)``. Health checking
+and reflection are served too. ``serve()`` runs until SIGINT/SIGTERM and then
+shuts down gracefully: new calls are refused, streams end ``UNAVAILABLE`` after
+their backlog, workers are stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sessiongate.core.auth import Identity
+from sessiongate.core.errors import FailedPrecondition, GatewayError, InvalidArgument, OutOfRange
+from sessiongate.core.events import Subscription
+from sessiongate.core.gateway import Gateway
+from sessiongate.core.session import Session, SessionState
+from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
+
+__all__ = ["GatewayService", "GrpcServer", "serve"]
+
+log = logging.getLogger("sessiongate.server")
+
+T = TypeVar("T")
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
+STREAM_WRITE_HIGH_WATER = 1  # responses in flight per stream (grpc.aio allows one write)
+
+
+def _status(code: str) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, code, grpc.StatusCode.INTERNAL)
+
+
+def unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Authenticate, run, and turn GatewayError into the contract's status codes."""
+
+    @functools.wraps(method)
+    async def handler(self: GatewayService, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            identity = await self.gateway.authenticate(context.invocation_metadata())
+            return await method(self, request, context, identity)
+        except GatewayError as exc:
+            await context.abort(_status(exc.code), exc.message)
+            raise  # unreachable: abort raises
+
+    return handler
+
+
+class GatewayService(gateway_pb2_grpc.GatewayServicer):
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.sessions = gateway.sessions
+        self.default_batch = int(gateway.settings.events.max_batch)
+
+    def _session(self, identity: Identity, session_id: str, action: str) -> Session:
+        session = self.sessions.get(session_id)
+        self.gateway.authorize(identity, action, session)
+        return session
+
+    @unary
+    async def OpenSession(self, request: Any, context: Any, identity: Identity) -> Any:
+        session = await self.sessions.open(
+            identity, client_name=request.client_name, backend=request.backend,
+            tag=request.tag, lease_seconds=float(request.lease_seconds))
+        return session.info()
+
+    @unary
+    async def CloseSession(self, request: Any, context: Any, identity: Identity) -> Any:
+        session = self._session(identity, request.session_id, "close")
+        await self.sessions.close(session, f"closed by {identity.key_id}")
+        return session.info()
+
+    @unary
+    async def GetSession(self, request: Any, context: Any, identity: Identity) -> Any:
+        return self._session(identity, request.session_id, "get").info()
+
+    @unary
+    async def ListSessions(self, request: Any, context: Any, identity: Identity) -> Any:
+        visible = [s.info() for s in list(self.sessions.live.values())
+                   if self.gateway.visible(identity, s, "list")]
+        return gateway_pb2.ListSessionsResponse(sessions=visible)
+
+    @unary
+    async def Invoke(self, request: Any, context: Any, identity: Identity) -> Any:
+        if not request.command:
+            raise InvalidArgument("command is empty")
+        session = self._session(identity, request.session_id, "invoke")
+        session.require_ready("invoke")
+        session.touch()
+        assert session.worker is not None
+        timeout = request.timeout_ms / 1000 if request.timeout_ms else None
+        payload = await session.worker.invoke(request.command, request.payload, timeout)
+        session.touch()
+        return gateway_pb2.InvokeResponse(payload=payload)
+
+    async def Login(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        login = self.gateway.attributes.get("login")
+        if login is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "Login needs the acl plugin with plugins.acl.ldap.enabled = true")
+        try:
+            return await login(request)
+        except GatewayError as exc:
+            await context.abort(_status(exc.code), exc.message)
+
+    async def StreamEvents(self, request: Any,
+                           context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        sub: Subscription | None = None
+        session: Session | None = None
+        try:
+            identity = await self.gateway.authenticate(context.invocation_metadata())
+            resume = request.HasField("after_sequence")
+            session = self._session(identity, request.session_id,
+                                    "resume" if resume else "stream")
+            if session.state in (SessionState.CLOSED, SessionState.FAULTED):
+                # attach after the end: the session's terminal status, at once
+                if session.state == SessionState.CLOSED:
+                    return
+                raise GatewayError(f"session {session.session_id} faulted: {session.reason}",
+                                   code="UNAVAILABLE")
+            session.require_ready("stream events")
+            after = request.after_sequence if resume else None
+            if resume:
+                if not self.gateway.hooks.decide("sg_replay_supported", session=session):
+                    raise FailedPrecondition(
+                        "after_sequence needs the reconnect plugin "
+                        "(plugins.reconnect.enabled = true)")
+                if after > session.last_sequence:
+                    raise OutOfRange(
+                        f"after_sequence {after} is beyond the newest sequence "
+                        f"{session.last_sequence} of session {session.session_id} "
+                        "(a cursor from another session?)")
+            await self.gateway.hooks.veto("sg_subscriber_attach", session=session,
+                                          identity=identity, request=request)
+            skip = request.on_overflow == gateway_pb2.SKIP
+            capacity = int(self.gateway.settings.events.queue_capacity)
+            keeps_alive = self.gateway.hooks.decide("sg_stream_keeps_alive", session=session,
+                                                    identity=identity)
+            sub = Subscription(
+                capacity=capacity, subscriber_id=request.subscriber_id, identity=identity,
+                skip=skip, keeps_alive=keeps_alive is not False,
+                policy="disconnect_subscriber"
+                if request.on_overflow == gateway_pb2.DISCONNECT else None)
+            session.subscribe(sub, after_sequence=after)
+            log.info("session %s: subscriber %s attached (key %s%s)", session.session_id,
+                     request.subscriber_id or "-", identity.key_id,
+                     f", after {after}" if resume else "")
+            self.gateway.hooks.notify_sync("sg_subscriber_attached", session=session,
+                                           subscription=sub)
+            max_batch = min(request.max_batch or self.default_batch, self.default_batch)
+            async for response in self._responses(sub, max_batch, replaying=resume):
+                await context.write(response)
+        except GatewayError as exc:
+            await context.abort(_status(exc.code), exc.message)
+        finally:
+            if sub is not None and session is not None:
+                session.unsubscribe(sub, sub.end_reason if sub.ended else "client gone")
+
+    @staticmethod
+    async def _responses(sub: Subscription, max_batch: int,
+                         replaying: bool) -> AsyncIterator[Any]:
+        """The first response at once (attached); ``caught_up`` where history ends."""
+        pending_history = len(sub.buffer) if replaying else 0
+        if pending_history == 0 and sub.pending_gap is None:
+            yield gateway_pb2.StreamEventsResponse(caught_up=True)
+        while True:
+            item = await sub.next(max_batch)
+            if item is None:
+                return
+            gap, events = item
+            response = gateway_pb2.StreamEventsResponse(events=events)
+            if gap is not None:
+                response.gap.CopyFrom(gap.to_proto())
+            if pending_history > 0:
+                pending_history -= len(events)
+                if pending_history <= 0:
+                    response.caught_up = True
+            elif replaying and gap is not None and not events:
+                response.caught_up = True
+            yield response
+
+
+class GrpcServer:
+    """The grpc.aio server around a started :class:`Gateway`."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.server = grpc.aio.server(options=[
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ])
+        gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService(gateway), self.server)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
+            health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = 0
+        self.address = ""
+
+    async def start(self) -> str:
+        address = str(self.gateway.settings.server.grpc_address)
+        host = address.rpartition(":")[0]
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        self.address = f"{host}:{self.port}"
+        await self.server.start()
+        await _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
+        log.info("listening on %s", self.address)
+        return self.address
+
+    async def stop(self) -> None:
+        await _set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        grace = float(self.gateway.settings.server.shutdown_grace_seconds)
+        # Stop accepting, end streams (UNAVAILABLE after their backlog), stop workers;
+        # then give the handlers `grace` seconds to finish writing before cancelling them.
+        self.gateway.sessions.accepting = False
+        stopping = asyncio.create_task(self.server.stop(grace))
+        await self.gateway.stop()
+        await stopping
+
+
+async def _set_health(servicer: Any, status: Any) -> None:
+    result = servicer.set("", status)
+    if asyncio.iscoroutine(result):
+        await result
+    result = servicer.set(SERVICE_NAME, status)
+    if asyncio.iscoroutine(result):
+        await result
+
+
+async def serve(gateway: Gateway, *, ready: Callable[[str], None] | None = None) -> None:
+    """Start, run until SIGINT/SIGTERM, then shut down gracefully."""
+    await gateway.start()
+    server = GrpcServer(gateway)
+    try:
+        address = await server.start()
+    except BaseException:
+        await gateway.stop()
+        raise
+    if ready is not None:
+        ready(address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await server.stop()
+        log.info("stopped")

@@ -1,0 +1,206 @@
+"""A session: its state machine, lease, worker, distributor and subscriptions.
+
+States (the proto's names): OPENING → READY → CLOSING → CLOSED; READY ⇄ DETACHED
+(reconnect plugin); FAULTED from any live state. A fault is handled once,
+centrally: one log line, one metric, every stream ends ``UNAVAILABLE``, the
+worker is stopped – and nothing outside this session is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sessiongate.core.errors import FailedPrecondition, GatewayError, Unavailable
+from sessiongate.core.events import Distributor, Subscription
+from sessiongate.v1 import gateway_pb2
+
+if TYPE_CHECKING:
+    from sessiongate.core.workers import WorkerHandle
+
+__all__ = ["Session", "SessionState", "new_session_id", "LIVE", "ENDED"]
+
+log = logging.getLogger("sessiongate.sessions")
+
+
+class SessionState:
+    OPENING = "OPENING"
+    READY = "READY"
+    DETACHED = "DETACHED"
+    CLOSING = "CLOSING"
+    CLOSED = "CLOSED"
+    FAULTED = "FAULTED"
+
+
+LIVE = frozenset({SessionState.OPENING, SessionState.READY, SessionState.DETACHED,
+                  SessionState.CLOSING})
+ENDED = frozenset({SessionState.CLOSED, SessionState.FAULTED})
+_ALLOWED = {
+    SessionState.OPENING: {SessionState.READY, SessionState.CLOSING, SessionState.FAULTED},
+    SessionState.READY: {SessionState.DETACHED, SessionState.CLOSING, SessionState.FAULTED},
+    SessionState.DETACHED: {SessionState.READY, SessionState.CLOSING, SessionState.FAULTED},
+    SessionState.CLOSING: {SessionState.CLOSED, SessionState.FAULTED},
+    SessionState.CLOSED: set(),
+    SessionState.FAULTED: set(),
+}
+
+
+def new_session_id() -> str:
+    """Random 128-bit, unguessable (an id alone grants nothing, but leaks nothing either)."""
+    return secrets.token_hex(16)
+
+
+def _timestamp(wall: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(wall * 1e9))
+    return ts
+
+
+class Session:
+    """One client session. All mutation happens on the event loop, never across an await."""
+
+    def __init__(self, *, session_id: str, owner_key_id: str, client_name: str, backend: str,
+                 tag: str, lease_seconds: float,
+                 on_state: Callable[[Session, str, str, str], None]) -> None:
+        self.session_id = session_id
+        self.owner_key_id = owner_key_id
+        self.client_name = client_name
+        self.backend = backend
+        self.tag = tag
+        self.lease_seconds = lease_seconds
+        self.state = SessionState.OPENING
+        self.reason = ""
+        self.opened_wall = time.time()
+        self.lease_deadline = time.monotonic() + lease_seconds
+        self.last_sequence = 0
+        #: forward jumps in the worker's sequence: (last before, first after)
+        self.holes: list[tuple[int, int]] = []
+        self.worker: WorkerHandle | None = None
+        self.distributor: Distributor | None = None
+        self.ended = asyncio.Event()
+        self.attributes: dict[str, Any] = {}  # plugins keep per-session state here
+        self._on_state = on_state
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"<Session {self.session_id} {self.state}>"
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    def transition(self, new: str, reason: str = "") -> bool:
+        """Move to ``new`` if allowed from the current state; False (no change) if not."""
+        old = self.state
+        if new not in _ALLOWED[old]:
+            return False
+        self.state = new
+        if reason:
+            self.reason = reason
+        self._on_state(self, old, new, reason)
+        return True
+
+    def require_ready(self, action: str) -> None:
+        if self.state not in (SessionState.READY, SessionState.DETACHED):
+            detail = f": {self.reason}" if self.reason and self.state in ENDED else ""
+            raise FailedPrecondition(
+                f"cannot {action}: session {self.session_id} is {self.state}{detail}")
+
+    # -- lease -------------------------------------------------------------------------
+
+    def touch(self) -> None:
+        self.lease_deadline = time.monotonic() + self.lease_seconds
+
+    def kept_alive(self) -> bool:
+        """An attached stream that counts (owner's/admin's) keeps the lease from expiring."""
+        dist = self.distributor
+        return dist is not None and any(s.keeps_alive for s in dist.subscriptions)
+
+    def lease_expired(self, now: float) -> bool:
+        return now >= self.lease_deadline and not self.kept_alive()
+
+    def lease_expires_wall(self) -> float:
+        return time.time() + max(0.0, self.lease_deadline - time.monotonic())
+
+    # -- events (the pump) -------------------------------------------------------------
+
+    def on_events(self, events: list[Any]) -> None:
+        """A batch from the worker: check the sequence, then hand it to the distributor."""
+        expected = self.last_sequence + 1
+        for event in events:
+            seq = event.sequence
+            if seq != expected:
+                if seq < expected:
+                    self.fault(f"protocol error: event sequence {seq} after {expected - 1}")
+                    return
+                log.warning("session %s: worker skipped sequences %d..%d", self.session_id,
+                            expected, seq - 1)
+                self.holes.append((expected - 1, seq))
+            expected = seq + 1
+        self.last_sequence = expected - 1
+        if self.distributor is not None and self.state != SessionState.FAULTED:
+            self.distributor.publish(events)
+
+    def subscribe(self, sub: Subscription, *, after_sequence: int | None = None) -> Subscription:
+        if self.distributor is None or not self.live:
+            raise FailedPrecondition(f"session {self.session_id} is {self.state}")
+        return self.distributor.subscribe(sub, after_sequence=after_sequence)
+
+    def unsubscribe(self, sub: Subscription, reason: str) -> None:
+        if self.distributor is not None:
+            self.distributor.unsubscribe(sub, reason)
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run a task owned by this session (cancelled and awaited at teardown)."""
+        task = asyncio.create_task(coro, name=f"{name}:{self.session_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def cancel_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- endings -----------------------------------------------------------------------
+
+    def fault(self, reason: str) -> None:
+        """Fault the session (idempotent): streams end UNAVAILABLE; teardown is scheduled."""
+        if not self.transition(SessionState.FAULTED, reason):
+            return
+        if self.distributor is not None:
+            self.distributor.close(Unavailable(f"session {self.session_id} faulted: {reason}"))
+
+    def end_streams(self, error: GatewayError | None = None) -> None:
+        if self.distributor is not None:
+            self.distributor.close(error)
+
+    # -- public view -------------------------------------------------------------------
+
+    def info(self) -> gateway_pb2.SessionInfo:
+        dist = self.distributor
+        return gateway_pb2.SessionInfo(
+            session_id=self.session_id,
+            state=gateway_pb2.SessionState.Value(self.state),
+            owner_key_id=self.owner_key_id,
+            tag=self.tag,
+            backend=self.backend,
+            client_name=self.client_name,
+            last_sequence=self.last_sequence,
+            subscriber_count=dist.external_count if dist else 0,
+            opened_at=_timestamp(self.opened_wall),
+            lease_expires_at=_timestamp(self.lease_expires_wall()),
+            reason=self.reason,
+        )

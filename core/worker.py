@@ -1,0 +1,367 @@
+"""The worker SDK: a backend is a small class; this module runs it in a worker process.
+
+A worker process is started by the gateway with ``python -m sessiongate.core.worker``
+and learns its socket, session id, nonce and backend from its environment. It
+connects, presents the nonce (``Hello``), waits for ``Welcome``, starts the
+backend, says ``Ready``, then serves commands and sends the events the backend
+emits, stamped 1, 2, 3 … and batched into as few frames as the load allows.
+
+Writing a backend::
+
+    from sessiongate.core.worker import Backend, CommandError, command
+
+    class Counter(Backend):
+        async def start(self):
+            self.n = 0
+
+        @command()
+        async def bump(self, payload):
+            self.n += payload.get("by", 1)
+            self.emit("bumped", {"n": self.n})
+            return {"n": self.n}
+
+Register it with the ``sg_worker_backends`` hook (``{"counter": "pkg.mod:Counter"}``).
+
+With reattach on, a worker whose gateway goes away keeps running, keeps a
+bounded buffer of its newest events, and phones home with bounded exponential
+backoff until it is adopted or its orphan lifetime ends.
+
+This module imports nothing but protobuf and the standard library: it is on the
+session-open critical path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import importlib
+import inspect
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sessiongate.core import protocol
+from sessiongate.v1 import gateway_pb2, worker_pb2
+
+__all__ = ["Backend", "CommandError", "command", "WorkerRuntime", "main"]
+
+log = logging.getLogger("sessiongate.worker")
+
+BATCH_EVENTS = 512  # events per frame at most; a frame is also sent when the loop idles
+
+
+class CommandError(Exception):
+    """Raised by a command handler for bad input: the caller gets ``INVALID_ARGUMENT``."""
+
+
+def command(name: str | None = None, *, raw: bool = False) -> Callable[[Any], Any]:
+    """Mark a backend method as the handler of command ``name`` (default: its own name).
+
+    The handler gets the payload decoded from JSON (``None`` when empty), or the raw
+    bytes with ``raw=True``, and returns something JSON-serialisable (or bytes when
+    raw). It may be sync or async.
+    """
+
+    def mark(func: Any) -> Any:
+        func.__sg_command__ = (name or func.__name__, raw)
+        return func
+
+    return mark
+
+
+class Backend:
+    """Base class of worker backends. Subclasses define ``@command()`` methods."""
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self._runtime = runtime
+
+    @property
+    def session_id(self) -> str:
+        return self._runtime.session_id
+
+    async def start(self) -> None:
+        """Called once before the worker reports Ready."""
+
+    async def stop(self) -> None:
+        """Called once when the worker is asked to stop (or its gateway is gone for good)."""
+
+    def emit(self, kind: str, payload: Any = None) -> int:
+        """Send an event; returns its sequence. Non-blocking: see :meth:`drain`."""
+        return self._runtime.emit(kind, payload)
+
+    async def drain(self) -> None:
+        """Wait until the connection's buffer is below its high-water mark (backpressure)."""
+        await self._runtime.drain()
+
+    @classmethod
+    def commands(cls) -> dict[str, tuple[str, bool]]:
+        found: dict[str, tuple[str, bool]] = {}
+        for attr in dir(cls):
+            marker = getattr(getattr(cls, attr, None), "__sg_command__", None)
+            if marker:
+                found[marker[0]] = (attr, marker[1])
+        return found
+
+
+def _encode_payload(payload: Any) -> bytes:
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+class WorkerRuntime:
+    """Connection, handshake, command dispatch and event batching of one worker."""
+
+    def __init__(self, *, socket_path: str, session_id: str, nonce: bytes,
+                 backend_cls: type[Backend], backend_name: str, max_frame: int,
+                 history: int = 0, orphan_lifetime: float = 0.0) -> None:
+        self.socket_path = socket_path
+        self.session_id = session_id
+        self._nonce = nonce
+        self.backend_name = backend_name
+        self.max_frame = max_frame
+        self.backend = backend_cls(self)
+        self._handlers = backend_cls.commands()
+        self._sequence = 0
+        self._batch = worker_pb2.WorkerFrame()
+        self._batch_events = self._batch.events.events
+        self._flush_scheduled = False
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+        self._heartbeat_interval = 5.0
+        # reattach: keep the newest events; count those lost while disconnected
+        self._history: collections.deque[gateway_pb2.Event] | None = (
+            collections.deque(maxlen=history) if history > 0 else None)
+        self._orphan_lifetime = orphan_lifetime
+        self._dropped = 0
+        self._first_unsent = 0
+        self.exit_code = 0
+
+    # -- events ------------------------------------------------------------------------
+
+    def emit(self, kind: str, payload: Any = None) -> int:
+        self._sequence += 1
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+        event = self._batch_events.add(sequence=self._sequence, kind=kind,
+                                       payload=_encode_payload(payload))
+        event.time.seconds = seconds
+        event.time.nanos = nanos
+        if len(self._batch_events) >= BATCH_EVENTS:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return self._sequence
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        events = self._batch_events
+        if not events:
+            return
+        if self._history is not None:
+            self._history.extend(events)
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(protocol.encode(self._batch))
+        else:
+            if self._first_unsent == 0:
+                self._first_unsent = events[0].sequence
+            self._dropped += len(events)
+        self._batch = worker_pb2.WorkerFrame()
+        self._batch_events = self._batch.events.events
+
+    async def drain(self) -> None:
+        self._flush()
+        writer = self._writer
+        if writer is not None and not writer.is_closing():
+            try:
+                await writer.drain()
+            except ConnectionError:
+                pass
+
+    def _send(self, frame: worker_pb2.WorkerFrame) -> None:
+        self._flush()  # keep events and replies in the order they were produced
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(protocol.encode(frame))
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stopping.set)
+        started = False
+        first = True
+        deadline = None
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                reader, writer = await asyncio.open_unix_connection(self.socket_path)
+            except OSError:
+                if first and not self._orphan_lifetime:
+                    log.error("worker %s: cannot connect to %s", self.session_id,
+                              self.socket_path)
+                    return 3
+                reader = writer = None
+            if writer is not None and reader is not None:
+                try:
+                    await self._handshake(reader, writer, adopt=not first)
+                    if not started:
+                        await self.backend.start()
+                        started = True
+                    self._send(worker_pb2.WorkerFrame(ready=worker_pb2.Ready()))
+                    first = False
+                    delay, deadline = 0.1, None
+                    await self._serve(reader)
+                except (ConnectionError, asyncio.IncompleteReadError, protocol.FrameError):
+                    pass
+                finally:
+                    self._writer = None
+                    writer.close()
+            if self._stopping.is_set() or not self._orphan_lifetime:
+                break
+            # Orphaned: keep serving the backend, phone home with bounded backoff.
+            now = loop.time()
+            deadline = deadline or now + self._orphan_lifetime
+            if now >= deadline:
+                log.warning("worker %s: not adopted within %.0f s; exiting", self.session_id,
+                            self._orphan_lifetime)
+                break
+            pause = min(delay, deadline - now) * random.uniform(0.5, 1.0)
+            delay = min(delay * 2, 5.0)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), pause)
+            except TimeoutError:
+                pass
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if started:
+            await self.backend.stop()
+        return self.exit_code
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         *, adopt: bool) -> None:
+        if adopt:
+            self._flush()
+            hello = worker_pb2.WorkerFrame(adopt=worker_pb2.Adopt(
+                protocol_version=protocol.PROTOCOL_VERSION, session_id=self.session_id,
+                nonce=self._nonce, pid=os.getpid(), last_sequence=self._sequence,
+                dropped_events=self._dropped, backend=self.backend_name))
+        else:
+            hello = worker_pb2.WorkerFrame(hello=worker_pb2.Hello(
+                protocol_version=protocol.PROTOCOL_VERSION, session_id=self.session_id,
+                nonce=self._nonce, pid=os.getpid(), backend=self.backend_name))
+        writer.write(protocol.encode(hello))
+        await writer.drain()
+        frame = await protocol.read_frame(reader, self.max_frame)
+        if frame.WhichOneof("body") != "welcome":
+            raise protocol.MalformedFrame("expected welcome")
+        self._heartbeat_interval = max(frame.welcome.heartbeat_interval_ms / 1000, 0.05)
+        self._writer = writer
+        if adopt and self._history is not None:
+            history = worker_pb2.History(first_unsent=self._first_unsent)
+            history.events.extend(self._history)
+            self._send(worker_pb2.WorkerFrame(history=history))
+        self._dropped = 0
+        self._first_unsent = 0
+
+    async def _serve(self, reader: asyncio.StreamReader) -> None:
+        beat = asyncio.create_task(self._heartbeats())
+        try:
+            stop = asyncio.create_task(self._stopping.wait())
+            while True:
+                read = asyncio.ensure_future(protocol.read_frame(reader, self.max_frame))
+                done, _ = await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if stop in done:
+                    read.cancel()
+                    return
+                frame = read.result()
+                kind = frame.WhichOneof("body")
+                if kind == "command":
+                    task = asyncio.create_task(self._run_command(frame.command))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                elif kind == "shutdown":
+                    self._stopping.set()
+                    return
+                elif kind != "heartbeat":
+                    raise protocol.MalformedFrame(f"unexpected {kind} frame")
+        finally:
+            beat.cancel()
+            stop.cancel()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            self._send(worker_pb2.WorkerFrame(heartbeat=worker_pb2.Heartbeat()))
+
+    async def _run_command(self, cmd: worker_pb2.Command) -> None:
+        reply = worker_pb2.Reply(request_id=cmd.request_id)
+        handler = self._handlers.get(cmd.command)
+        try:
+            if handler is None:
+                raise CommandError(f"unknown command {cmd.command!r}")
+            attr, raw = handler
+            if raw:
+                arg: Any = cmd.payload
+            else:
+                try:
+                    arg = json.loads(cmd.payload) if cmd.payload else None
+                except ValueError as exc:
+                    raise CommandError(f"payload is not JSON: {exc}") from None
+            result = getattr(self.backend, attr)(arg)
+            if inspect.isawaitable(result):
+                result = await result
+            reply.payload = _encode_payload({} if result is None else result)
+        except CommandError as exc:
+            reply.status = worker_pb2.REPLY_INVALID_ARGUMENT
+            reply.error = str(exc)
+        except Exception as exc:  # a handler bug fails that command, not the worker
+            log.exception("worker %s: command %s failed", self.session_id, cmd.command)
+            reply.status = worker_pb2.REPLY_FAILED
+            reply.error = f"{type(exc).__name__}: {exc}"
+        self._send(worker_pb2.WorkerFrame(reply=reply))
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+
+def _load_backend(spec: str) -> type[Backend]:
+    module, _, attr = spec.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise TypeError(f"{spec} is not a sessiongate.core.worker.Backend subclass")
+    return cls
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(message)s")
+    env = os.environ
+    try:
+        nonce = bytes.fromhex(env.pop(protocol.NONCE_ENV))  # never inherited further
+        options: dict[str, Any] = json.loads(env.get(protocol.OPTIONS_ENV) or "{}")
+        spec = env[protocol.BACKEND_ENV]
+        runtime = WorkerRuntime(
+            socket_path=env[protocol.SOCKET_ENV], session_id=env[protocol.SESSION_ENV],
+            nonce=nonce, backend_cls=_load_backend(spec),
+            backend_name=options.get("backend_name", spec),
+            max_frame=int(env.get(protocol.MAX_FRAME_ENV, 4 << 20)),
+            history=int(options.get("history", 0)),
+            orphan_lifetime=float(options.get("orphan_lifetime", 0)))
+    except (KeyError, ValueError, ImportError, AttributeError, TypeError) as exc:
+        print(f"sessiongate worker: bad environment: {exc!r}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when we stop
+    return asyncio.run(runtime.run())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,355 @@
+"""The gateway side of one worker: socket, process, handshake, commands, heartbeats.
+
+Per session the gateway listens on its own Unix socket (mode 0600, in the 0700
+runtime dir), starts ``python -m sessiongate.core.worker`` with the socket path
+and a fresh 32-byte nonce in its environment, and accepts the first connection
+that presents that nonce (checked in constant time against its SHA-256 digest;
+the nonce itself is dropped once the process is started). Anything that goes
+wrong on the connection (EOF, an oversized or malformed frame, silence past the
+heartbeat timeout, the process exiting) faults that session only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sessiongate.core import protocol
+from sessiongate.core.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from sessiongate.v1 import worker_pb2
+
+__all__ = ["WorkerHandle", "WorkerConfig", "nonce_digest", "WORKER_MODULE"]
+
+log = logging.getLogger("sessiongate.workers")
+
+WORKER_MODULE = "sessiongate.core.worker"
+SUN_PATH_MAX = 107
+
+
+def nonce_digest(nonce: bytes) -> bytes:
+    return hashlib.sha256(nonce).digest()
+
+
+class WorkerConfig:
+    """The worker-related settings, read once."""
+
+    def __init__(self, settings: Any) -> None:
+        w = settings.workers
+        self.python = w.python or sys.executable
+        self.start_timeout = float(w.start_timeout_seconds)
+        self.stop_timeout = float(w.stop_timeout_seconds)
+        self.max_frame = int(w.max_frame_bytes)
+        self.heartbeat_interval = float(w.heartbeat_interval_seconds)
+        self.heartbeat_timeout = float(w.heartbeat_timeout_seconds)
+        self.max_pending = int(settings.sessions.max_pending_commands)
+        self.command_timeout = float(settings.sessions.command_timeout_seconds)
+
+
+class WorkerHandle:
+    """Owns one worker process and its connection; every task it starts, it cancels.
+
+    :param on_events: the pump's sink: called with each batch, in order.
+    :param on_fault: called once with a reason when the worker is lost unexpectedly.
+    """
+
+    def __init__(self, *, session_id: str, socket_path: str, config: WorkerConfig,
+                 on_events: Callable[[list[Any]], None], on_fault: Callable[[str], None],
+                 on_frame: Callable[[worker_pb2.WorkerFrame], None] | None = None) -> None:
+        if len(os.fsencode(socket_path)) > SUN_PATH_MAX:
+            raise Internal(f"worker socket path is too long for a Unix socket "
+                           f"({len(socket_path)} > {SUN_PATH_MAX}): choose a shorter runtime_dir")
+        self.session_id = session_id
+        self.socket_path = socket_path
+        self.config = config
+        self._on_events = on_events
+        self._on_fault = on_fault
+        self._on_frame = on_frame
+        self.nonce_digest = b""
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._ready: asyncio.Future[None] | None = None
+        self._pending: dict[int, asyncio.Future[worker_pb2.Reply]] = {}
+        self._next_id = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_seen = 0.0
+        self._stopping = False
+        self.lost_reason = ""
+        self.started_at = 0.0
+
+    # -- start -------------------------------------------------------------------------
+
+    def _spawn_task(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=f"{name}:{self.session_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def listen(self, nonce_digest_: bytes) -> None:
+        """Open the session's socket and accept a worker presenting this nonce digest."""
+        self.nonce_digest = nonce_digest_
+        self._ready = asyncio.get_running_loop().create_future()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        self._server = await asyncio.start_unix_server(self._on_connect, path=self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+
+    async def start(self, *, backend_spec: str, backend_name: str, env_extra: dict[str, str],
+                    launch_hook: Callable[[list[str], dict[str, str]], None],
+                    options: dict[str, Any] | None = None) -> None:
+        """Spawn the worker and wait until it is Ready (or fail with a clear reason)."""
+        nonce = secrets.token_bytes(32)
+        await self.listen(nonce_digest(nonce))
+        argv = [self.config.python, "-m", WORKER_MODULE]
+        env = dict(os.environ)
+        env.update(env_extra)
+        env.update({
+            protocol.SOCKET_ENV: self.socket_path,
+            protocol.SESSION_ENV: self.session_id,
+            protocol.NONCE_ENV: nonce.hex(),
+            protocol.BACKEND_ENV: backend_spec,
+            protocol.MAX_FRAME_ENV: str(self.config.max_frame),
+            protocol.OPTIONS_ENV: json.dumps({"backend_name": backend_name, **(options or {})}),
+        })
+        del nonce
+        launch_hook(argv, env)
+        self.started_at = time.monotonic()
+        self.process = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, start_new_session=True)
+        env.clear()
+        self.pid = self.process.pid
+        log.info("session %s: worker started (pid %d, backend %s)", self.session_id, self.pid,
+                 backend_name)
+        self._spawn_task(self._reap(), "reap")
+        await self.wait_ready(self.config.start_timeout)
+
+    async def wait_ready(self, timeout: float) -> None:
+        assert self._ready is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except TimeoutError:
+            raise Unavailable(f"worker of session {self.session_id} did not become ready "
+                              f"within {timeout:g} s") from None
+
+    async def _reap(self) -> None:
+        assert self.process is not None
+        self.returncode = await self.process.wait()
+        level = logging.INFO if self._stopping else logging.WARNING
+        log.log(level, "session %s: worker exited (pid %s, code %s)", self.session_id, self.pid,
+                self.returncode)
+        self._lost(f"worker exited with code {self.returncode}")
+
+    # -- connection --------------------------------------------------------------------
+
+    async def _on_connect(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        try:
+            frame = await asyncio.wait_for(protocol.read_frame(reader, 4096),
+                                           self.config.start_timeout)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError,
+                protocol.FrameError) as exc:
+            log.warning("session %s: worker connection refused: no valid hello (%s)",
+                        self.session_id, type(exc).__name__)
+            writer.close()
+            return
+        if not self.accept(frame, writer):
+            writer.close()
+            return
+        self._spawn_task(self._read_loop(reader), "worker-reader")
+        self._spawn_task(self._heartbeats(), "worker-heartbeat")
+
+    def accept(self, frame: worker_pb2.WorkerFrame, writer: asyncio.StreamWriter) -> bool:
+        """Check a hello/adopt frame; on success take the connection and say Welcome."""
+        kind = frame.WhichOneof("body")
+        hello: Any = getattr(frame, kind) if kind in ("hello", "adopt") else None
+        if hello is None:
+            log.warning("session %s: worker connection refused: first frame was %s",
+                        self.session_id, kind)
+            return False
+        good_nonce = hmac.compare_digest(nonce_digest(hello.nonce), self.nonce_digest)
+        if not good_nonce or hello.session_id != self.session_id:
+            log.warning("session %s: worker connection refused: wrong nonce or session "
+                        "(pid %s)", self.session_id, hello.pid)
+            return False
+        if hello.protocol_version != protocol.PROTOCOL_VERSION:
+            log.warning("session %s: worker connection refused: protocol %d, expected %d",
+                        self.session_id, hello.protocol_version, protocol.PROTOCOL_VERSION)
+            return False
+        if self._writer is not None:
+            log.warning("session %s: second worker connection refused", self.session_id)
+            return False
+        self._writer = writer
+        self._last_seen = asyncio.get_running_loop().time()
+        self.pid = self.pid or hello.pid
+        writer.write(protocol.encode(worker_pb2.WorkerFrame(welcome=worker_pb2.Welcome(
+            heartbeat_interval_ms=int(self.config.heartbeat_interval * 1000),
+            max_frame_bytes=self.config.max_frame))))
+        if self._server is not None:  # one worker per session: stop listening
+            self._server.close()
+            self._server = None
+        return True
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        loop = asyncio.get_running_loop()
+        max_frame = self.config.max_frame
+        on_events = self._on_events
+        try:
+            while True:
+                frame = await protocol.read_frame(reader, max_frame)
+                self._last_seen = loop.time()
+                kind = frame.WhichOneof("body")
+                if kind == "events":
+                    if frame.events.events:
+                        on_events(list(frame.events.events))
+                elif kind == "reply":
+                    future = self._pending.pop(frame.reply.request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(frame.reply)
+                elif kind == "ready":
+                    if self._ready is not None and not self._ready.done():
+                        self._ready.set_result(None)
+                elif kind == "heartbeat":
+                    pass
+                elif self._on_frame is not None and kind == "history":
+                    self._on_frame(frame)
+                else:
+                    raise protocol.MalformedFrame(f"unexpected {kind} frame from the worker")
+        except protocol.FrameError as exc:
+            log.error("session %s: %s; the worker is stopped", self.session_id, exc)
+            self._lost(str(exc))
+            self.kill()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if self.process is not None and self.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.process.wait()), 1.0)
+            reason = (f"worker exited with code {self.returncode}"
+                      if self.returncode is not None else "worker connection closed")
+            self._lost(reason)
+        except Exception as exc:  # a bug in a sink must still fault only this session
+            log.exception("session %s: event handling failed", self.session_id)
+            self._lost(f"internal error while reading the worker: {type(exc).__name__}")
+            self.kill()
+
+    async def _heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        beat = protocol.encode(worker_pb2.WorkerFrame(heartbeat=worker_pb2.Heartbeat()))
+        while self._writer is not None:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            if loop.time() - self._last_seen > self.config.heartbeat_timeout:
+                log.error("session %s: no frame from the worker for %.0f s", self.session_id,
+                          loop.time() - self._last_seen)
+                self._lost(f"worker silent for more than {self.config.heartbeat_timeout:g} s")
+                self.kill()
+                return
+            self._write(beat)
+
+    def _write(self, data: bytes) -> None:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise Unavailable(f"worker of session {self.session_id} is not connected")
+        writer.write(data)
+
+    def _lost(self, reason: str) -> None:
+        """The worker is gone: fail waiters, fault the session (unless we are stopping)."""
+        if self.lost_reason:
+            return
+        self.lost_reason = reason
+        error = Unavailable(f"session {self.session_id}: {reason}")
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(error)
+            self._ready.exception()  # retrieved: the opener reads it through wait_ready
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if not self._stopping:
+            self._on_fault(reason)
+
+    # -- commands ----------------------------------------------------------------------
+
+    async def invoke(self, command: str, payload: bytes, timeout: float | None) -> bytes:
+        if len(self._pending) >= self.config.max_pending:
+            raise ResourceExhausted(
+                f"session {self.session_id} has {len(self._pending)} commands in flight "
+                f"(sessions.max_pending_commands = {self.config.max_pending})")
+        timeout = timeout or self.config.command_timeout
+        self._next_id += 1
+        request_id = self._next_id
+        future: asyncio.Future[worker_pb2.Reply] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self._write(protocol.encode(worker_pb2.WorkerFrame(command=worker_pb2.Command(
+                request_id=request_id, command=command, payload=payload,
+                timeout_ms=int(timeout * 1000)))))
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"command {command!r} got no reply within {timeout:g} s") \
+                from None
+        finally:
+            self._pending.pop(request_id, None)
+        if reply.status == worker_pb2.REPLY_INVALID_ARGUMENT:
+            raise InvalidArgument(reply.error)
+        if reply.status != worker_pb2.REPLY_OK:
+            raise GatewayError(f"command {command!r} failed in the worker: {reply.error}",
+                               code="INTERNAL")
+        return reply.payload
+
+    # -- stop --------------------------------------------------------------------------
+
+    def kill(self) -> None:
+        if self.process is not None and self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+
+    async def stop(self, reason: str = "session closed") -> None:
+        """Ask the worker to exit, then terminate, then kill; reap; close everything."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._writer is not None and not self._writer.is_closing():
+            with contextlib.suppress(Exception):
+                self._writer.write(protocol.encode(worker_pb2.WorkerFrame(
+                    shutdown=worker_pb2.Shutdown(reason=reason))))
+        proc = self.process
+        if proc is not None and self.returncode is None:
+            for sig, wait in ((None, self.config.stop_timeout), (signal.SIGTERM, 2.0),
+                              (signal.SIGKILL, 5.0)):
+                if sig is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(sig)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
+                    break
+            self.returncode = proc.returncode
+        self._lost(reason)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)

@@ -1,0 +1,1 @@
+"""Built-in plugins; each one is an independent package switched by settings."""

@@ -1,0 +1,1 @@
+"""The acl plugin (see its issue; not implemented yet: registers no hooks)."""

@@ -1,0 +1,1 @@
+"""The fanout plugin (see its issue; not implemented yet: registers no hooks)."""

@@ -1,0 +1,1 @@
+"""The reattach plugin (see its issue; not implemented yet: registers no hooks)."""

@@ -1,0 +1,1 @@
+"""The shipped defaults (``settings.toml``), installed as ``sessiongate.settings``."""
