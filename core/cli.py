@@ -22,8 +22,8 @@ from sessiongate.core.settings import SettingsError
 
 __all__ = ["main", "build_parser"]
 
-KEY_ENV = "SESSIONGATE_KEY"
-SERVER_ENV = "SESSIONGATE_SERVER"
+KEY_ENV = "SESSIONGATE_CLIENT_KEY"
+SERVER_ENV = "SESSIONGATE_CLIENT_SERVER"
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:

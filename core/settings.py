@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dynaconf import Dynaconf, ValidationError, Validator
+from dynaconf.validator import ValidatorList
 
 __all__ = [
     "Setting",
@@ -44,6 +45,9 @@ __all__ = [
 
 ENV_PREFIX = "SESSIONGATE"
 SETTINGS_FILE_ENV = "SESSIONGATE_SETTINGS_FILE"
+#: SESSIONGATE_* variables that are not settings (dynaconf still loads them as keys).
+ENV_ONLY = frozenset({"settings_file", "disabled_plugins", "trace_hooks", "client_key",
+                      "client_server"})
 REDACTED = "***"
 
 Settings = Dynaconf
@@ -218,8 +222,6 @@ def _dynaconf(config_file: str | os.PathLike[str] | None) -> Dynaconf:
         settings_files=files,
         environments=False,
         merge_enabled=True,
-        load_dotenv=False,
-        core_loaders=["TOML"],
     )
 
 
@@ -236,9 +238,8 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _problems(settings: Dynaconf, rules: list[Setting]) -> list[str]:
-    settings.validators.register(*(r.validator() for r in rules))
-    try:
-        settings.validators.validate_all()
+    try:  # a list of its own: each phase reports its own rules once
+        ValidatorList(settings, validators=[r.validator() for r in rules]).validate_all()
     except ValidationError as exc:
         return [str(message) for _validator, message in exc.details]
     return []
@@ -267,15 +268,16 @@ def load_settings(
         rules += extra
         problems += _problems(settings, extra)
     known = {r.key for r in rules + switches}
-    enabled = {name for name in _plugin_names(settings)
-               if settings.get(f"plugins.{name}.enabled") is True}
+    # A plugin's namespace is checked only when the plugin is loaded and has rules there:
+    # a disabled (never imported) plugin cannot say which of its keys exist.
+    checked = {k.split(".")[1] for k in known if k.startswith("plugins.") and
+               not k.endswith(".enabled")} if plugin_rules is not None else set()
     for key in sorted(flatten(settings.as_dict())):
-        if key in known or key == "settings_file":
+        if key in known or key in ENV_ONLY:
             continue
         parts = key.split(".")
-        if parts[0] == "plugins" and len(parts) > 1 and (parts[1] not in enabled
-                                                         or plugin_rules is None):
-            continue  # a disabled plugin's keys are not checked: it is never loaded
+        if parts[0] == "plugins" and len(parts) > 1 and parts[1] not in checked:
+            continue
         problems.append(f"{key}: unknown setting (misspelt, or its plugin is not installed)")
     if problems:
         raise SettingsError(problems)
@@ -285,8 +287,7 @@ def load_settings(
 def redacted(settings: Dynaconf, secret_keys: Iterable[str]) -> dict[str, Any]:
     """The effective settings as a flat dict with every secret replaced by ``***``."""
     secrets = set(secret_keys)
-    flat = flatten(settings.as_dict())
-    flat.pop("settings_file", None)
+    flat = {k: v for k, v in flatten(settings.as_dict()).items() if k not in ENV_ONLY}
     return {k: (REDACTED if k in secrets and v not in ("", None) else v)
             for k, v in sorted(flat.items())}
 

@@ -1,6 +1,6 @@
 """The worker SDK: a backend is a small class; this module runs it in a worker process.
 
-A worker process is started by the gateway with ``python -m sessiongate.core.worker``
+A worker process is started by the gateway with ``python -m sessiongate.core.workerproc``
 and learns its socket, session id, nonce and backend from its environment. It
 connects, presents the nonce (``Hello``), waits for ``Welcome``, starts the
 backend, says ``Ready``, then serves commands and sends the events the backend
@@ -362,6 +362,3 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when we stop
     return asyncio.run(runtime.run())
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -40,7 +40,7 @@ __all__ = ["WorkerHandle", "WorkerConfig", "nonce_digest", "WORKER_MODULE"]
 
 log = logging.getLogger("sessiongate.workers")
 
-WORKER_MODULE = "sessiongate.core.worker"
+WORKER_MODULE = "sessiongate.core.workerproc"
 SUN_PATH_MAX = 107
 
 
