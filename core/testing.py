@@ -1,0 +1,291 @@
+"""pytest plugin with fixtures for sessiongate and its plugins' tests.
+
+``tests/conftest.py`` loads it with ``pytest_plugins = ["sessiongate.core.testing"]``;
+third-party plugin authors can do the same.
+
+* ``make_gateway(**overrides)`` starts a real gateway (real worker processes, a real
+  grpc.aio server on 127.0.0.1, a real SQLite file) with settings overrides given as
+  dotted keys: ``await make_gateway(**{"sessions.max_sessions": 1})``. Plugin
+  switches come from the environment (the tox matrix) unless a test overrides them.
+* ``gateway_process(...)`` runs ``sessiongate serve`` as a real child process.
+* ``@pytest.mark.requires_plugin("fanout")`` skips a test unless the plugin is on in
+  the effective settings; ``requires_no_plugin`` the opposite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+__all__ = ["GatewayHandle", "write_config", "enabled_plugins", "GatewayProcess"]
+
+PLUGINS = ("fanout", "reconnect", "acl", "reattach")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def write_config(path: pathlib.Path, overrides: dict[str, Any]) -> pathlib.Path:
+    """A user settings file with dotted keys (``a.b = 1`` is valid TOML)."""
+    lines = []
+    for key, value in overrides.items():
+        dotted = ".".join(json.dumps(p) if not re.fullmatch(r"[A-Za-z0-9_-]+", p) else p
+                          for p in key.split("."))
+        lines.append(f"{dotted} = {_toml_value(value)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def enabled_plugins() -> set[str]:
+    """Built-in plugins switched on by the shipped defaults plus the environment."""
+    from sessiongate.core.settings import load_settings
+
+    settings = load_settings()
+    return {name for name in PLUGINS if settings.get(f"plugins.{name}.enabled") is True}
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    try:
+        return f"sessiongate plugins enabled: {sorted(enabled_plugins())}"
+    except Exception as exc:  # invalid env settings: the tests will say more
+        return f"sessiongate plugins: settings invalid ({exc})"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        enabled = enabled_plugins()
+    except Exception:
+        return
+    for item in items:
+        for marker in item.iter_markers("requires_plugin"):
+            missing = [n for n in marker.args if n not in enabled]
+            if missing:
+                item.add_marker(pytest.mark.skip(
+                    reason=f"needs plugin(s) {', '.join(missing)} (off in this environment)"))
+        for marker in item.iter_markers("requires_no_plugin"):
+            present = [n for n in marker.args if n in enabled]
+            if present:
+                item.add_marker(pytest.mark.skip(
+                    reason=f"needs plugin(s) {', '.join(present)} off (on in this environment)"))
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[pathlib.Path]:
+    """A short temp dir (Unix socket paths are limited to 107 bytes)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="sg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class GatewayHandle:
+    """A started in-process gateway and its gRPC server."""
+
+    def __init__(self, gateway: Any, server: Any, admin_key: str, config: pathlib.Path) -> None:
+        self.gateway = gateway
+        self.server = server
+        self.admin_key = admin_key
+        self.config = config
+        self._channels: list[Any] = []
+
+    @property
+    def address(self) -> str:
+        return str(self.server.address)
+
+    @property
+    def settings(self) -> Any:
+        return self.gateway.settings
+
+    def client(self, key: str | None = None) -> Any:
+        """A :class:`sessiongate.core.client.GatewayClient` (channel closed at teardown)."""
+        import grpc
+
+        from sessiongate.core.client import GatewayClient
+
+        channel = grpc.aio.insecure_channel(self.address)
+        self._channels.append(channel)
+        return GatewayClient(channel, self.admin_key if key is None else key)
+
+    async def create_key(self, name: str = "user", *, scopes: tuple[str, ...] = (),
+                         tags: tuple[str, ...] = ()) -> tuple[str, str]:
+        return await self.gateway.keys.create(name, scopes=list(scopes), tags=list(tags))
+
+    async def stop(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+        self._channels.clear()
+        await self.server.stop()
+
+
+@pytest_asyncio.fixture
+async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> AsyncIterator[Any]:
+    """Factory: ``gw = await make_gateway(**{"dotted.key": value})``; stopped at teardown."""
+    from sessiongate.core.gateway import Gateway
+    from sessiongate.core.plugins import load
+    from sessiongate.core.server import GrpcServer
+
+    handles: list[GatewayHandle] = []
+    counter = 0
+
+    async def factory(extra_plugins: tuple[Any, ...] = (), **overrides: Any) -> GatewayHandle:
+        nonlocal counter
+        counter += 1
+        values: dict[str, Any] = {
+            "state_dir": str(tmp_path / "state"),
+            "runtime_dir": str(short_tmp / f"r{counter}"),
+            "server.grpc_address": "127.0.0.1:0",
+            "server.shutdown_grace_seconds": 2,
+            "workers.heartbeat_interval_seconds": 1,
+            "workers.stop_timeout_seconds": 3,
+        }
+        values.update(overrides)
+        config = write_config(tmp_path / f"settings-{counter}.toml", values)
+        settings, pm = load(str(config), extra_plugins=extra_plugins)
+        gateway = Gateway(settings, pm)
+        await gateway.start()
+        server = GrpcServer(gateway)
+        try:
+            await server.start()
+        except BaseException:
+            await gateway.stop()
+            raise
+        key = gateway.bootstrap_key
+        if key is None:
+            _key_id, key = await gateway.keys.create("test-admin", scopes=["sessions:admin"])
+        handle = GatewayHandle(gateway, server, key, config)
+        handles.append(handle)
+        return handle
+
+    try:
+        yield factory
+    finally:
+        for handle in reversed(handles):
+            await handle.stop()
+
+
+class GatewayProcess:
+    """``sessiongate serve`` as a child process; ``address`` parsed from its log."""
+
+    def __init__(self, config: pathlib.Path, cwd: pathlib.Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.cwd = cwd
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[str] | None = None
+        self.address = ""
+        self.stdout = ""
+        self.log_lines: list[str] = []
+
+    def start(self, timeout: float = 30.0) -> GatewayProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sessiongate", "serve", "--config", str(self.config)],
+            cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        assert self.proc.stderr is not None
+        import selectors
+        import time
+
+        deadline = time.monotonic() + timeout
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stderr, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.log_lines.append(line)
+            match = re.search(r"listening on (\S+)", line)
+            if match:
+                self.address = match.group(1)
+                return self
+        self.kill()
+        raise RuntimeError("gateway did not start:\n" + "".join(self.log_lines))
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        out, err = self.proc.communicate(timeout=timeout)
+        self.stdout += out
+        self.log_lines.append(err)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            with contextlib.suppress(Exception):
+                self.proc.communicate(timeout=10)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.log_lines)
+
+
+@pytest.fixture
+def gateway_process(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Iterator[Any]:
+    """Factory: ``gateway_process(**overrides)`` → started :class:`GatewayProcess`."""
+    procs: list[GatewayProcess] = []
+
+    def factory(env: dict[str, str] | None = None, **overrides: Any) -> GatewayProcess:
+        values: dict[str, Any] = {
+            "state_dir": str(tmp_path / "state"),
+            "runtime_dir": str(short_tmp / "run"),
+            "server.grpc_address": "127.0.0.1:0",
+            "workers.heartbeat_interval_seconds": 1,
+        }
+        values.update(overrides)
+        config = write_config(tmp_path / f"proc-{len(procs)}.toml", values)
+        proc = GatewayProcess(config, tmp_path, env).start()
+        procs.append(proc)
+        return proc
+
+    try:
+        yield factory
+    finally:
+        for proc in procs:
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> None:
+    """Poll a cheap condition until true (for state with no event to wait on)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        await asyncio.sleep(interval)
