@@ -21,15 +21,7 @@ if TYPE_CHECKING:
 @hookimpl(trylast=True)
 def sg_make_distributor(session: Session, settings: Settings) -> Distributor:
     """One external subscriber per session (a second gets ALREADY_EXISTS)."""
-    gateway = session.attributes["gateway"]
-    return Distributor(
-        session_id=session.session_id,
-        capacity=int(settings.events.queue_capacity),
-        policy=str(settings.events.backpressure_policy),
-        fault_session=session.fault,
-        on_release=gateway.sessions.subscription_released(session),
-        count_overflow=gateway.sessions.overflow_counter(session),
-    )
+    return Distributor(**session.attributes["gateway"].sessions.distributor_options(session))
 
 
 @hookimpl(trylast=True)

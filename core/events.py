@@ -83,6 +83,8 @@ class Subscription:
         self.buffer: collections.deque[Any] = collections.deque()
         self.taken_upto = 0  # sequence of the last event handed to the reader
         self.pending_gap: Gap | None = None
+        #: gaps to announce inside the backlog: first sequence after the hole → gap
+        self.holes: dict[int, Gap] = {}
         self.ended = False
         self.error: GatewayError | None = None
         self.end_reason = ""
@@ -107,10 +109,12 @@ class Subscription:
             return False
         # Jump ahead: drop the backlog, keep the newest that fit, name what was missed.
         after = self.pending_gap.requested_after if self.pending_gap else self.taken_upto
-        kept = list(events[-self.capacity:])
-        self.skipped += len(self.buffer) + len(events) - len(kept)
-        self.buffer.clear()
-        self.buffer.extend(kept)
+        self.buffer.extend(events)
+        dropped = len(self.buffer) - self.capacity
+        self.skipped += dropped
+        for _ in range(dropped):
+            self.buffer.popleft()
+        kept = self.buffer
         self.pending_gap = Gap(after, kept[0].sequence, gateway_pb2.SLOW_SUBSCRIBER)
         self._wake.set()
         return True
@@ -139,6 +143,30 @@ class Subscription:
         self._wake.set()
         return True
 
+    def mark_hole(self, before_sequence: int, gap: Gap) -> None:
+        """Announce ``gap`` right before the event ``before_sequence`` (a worker-side jump)."""
+        if not self.ended:
+            self.holes[before_sequence] = gap
+
+    def _hole_cut(self, gap: Gap | None, n: int) -> tuple[Gap | None, int]:
+        """Stop a batch before the next hole; deliver the hole's gap first (rare path)."""
+        buffer = self.buffer
+        for before in sorted(self.holes):
+            if buffer and buffer[0].sequence >= before:
+                hole = self.holes.pop(before)
+                if gap is None:
+                    gap = hole
+                else:  # two gaps meet: one notice spanning both
+                    gap = Gap(gap.requested_after, hole.oldest_available, hole.reason)
+                continue
+            for i in range(n):
+                if buffer[i].sequence >= before:
+                    return gap, i
+            break
+        if not buffer:
+            self.holes = {k: v for k, v in self.holes.items() if k > self.taken_upto}
+        return gap, n
+
     # -- reader side -------------------------------------------------------------------
 
     async def next(self, max_events: int) -> tuple[Gap | None, list[Any]] | None:
@@ -151,6 +179,8 @@ class Subscription:
             if buffer or self.pending_gap:
                 gap, self.pending_gap = self.pending_gap, None
                 n = min(max_events, len(buffer))
+                if self.holes:
+                    gap, n = self._hole_cut(gap, n)
                 if n == len(buffer):
                     events = list(buffer)
                     buffer.clear()
@@ -240,6 +270,11 @@ class Distributor:
         for sub in self.subscriptions:  # a snapshot: lists are replaced, never mutated
             if not sub.offer(events):
                 self._overflow(sub)
+
+    def publish_hole(self, last_before: int, first_after: int, reason: int) -> None:
+        """The worker's sequence jumps from ``last_before`` to ``first_after``: tell everyone."""
+        for sub in self.subscriptions:
+            sub.mark_hole(first_after, Gap(last_before, first_after, reason))
 
     def _overflow(self, sub: Subscription) -> None:
         self._count_overflow(sub.kind)

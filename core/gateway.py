@@ -13,6 +13,7 @@ import collections
 import logging
 import os
 import pathlib
+import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -44,6 +45,7 @@ log = logging.getLogger("sessiongate.gateway")
 BOOTSTRAP_KEY_FILE = "bootstrap-admin.key"
 TOMBSTONES = 1024
 MAX_CLIENT_NAME = 256
+TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 class SessionManager:
@@ -117,6 +119,17 @@ class SessionManager:
                                    reason=reason)
         return released
 
+    def distributor_options(self, session: Session) -> dict[str, Any]:
+        """The keyword arguments every :class:`Distributor` of ``session`` needs."""
+        return {
+            "session_id": session.session_id,
+            "capacity": int(self.settings.events.queue_capacity),
+            "policy": str(self.settings.events.backpressure_policy),
+            "fault_session": session.fault,
+            "on_release": self.subscription_released(session),
+            "count_overflow": self.overflow_counter(session),
+        }
+
     def overflow_counter(self, session: Session) -> Callable[[str], None]:
         def overflowed(kind: str) -> None:
             self.metrics.inc("queue_overflows", kind=kind)
@@ -137,6 +150,9 @@ class SessionManager:
                                   f"{', '.join(sorted(self.gateway.backends))})")
         if lease_seconds < 0:
             raise InvalidArgument("lease_seconds must be >= 0")
+        if tag and not TAG_PATTERN.fullmatch(tag):
+            raise InvalidArgument(f"tag {tag!r} is not valid: 1 to 64 of a-z 0-9 . _ -, "
+                                  "starting with a letter or digit")
         self.gateway.authorize(identity, "open", None)
         session = Session(
             session_id=new_session_id(), owner_key_id=identity.key_id, client_name=client_name,

@@ -144,6 +144,9 @@ class Session:
                 log.warning("session %s: worker skipped sequences %d..%d", self.session_id,
                             expected, seq - 1)
                 self.holes.append((expected - 1, seq))
+                if self.distributor is not None:
+                    self.distributor.publish_hole(expected - 1, seq,
+                                                  gateway_pb2.WORKER_DISCONNECTED)
             expected = seq + 1
         self.last_sequence = expected - 1
         if self.distributor is not None and self.state != SessionState.FAULTED:

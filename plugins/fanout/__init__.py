@@ -1,1 +1,54 @@
-"""The fanout plugin (see its issue; not implemented yet: registers no hooks)."""
+"""fanout: many subscribers per session, isolated backpressure, a replay ring.
+
+Switched by ``plugins.fanout.enabled`` (default on). Settings:
+
+* ``plugins.fanout.max_subscribers_per_session`` – external subscribers per session;
+  one more gets ``RESOURCE_EXHAUSTED`` (internal subscribers do not count);
+* ``plugins.fanout.replay_buffer_capacity`` – events the replay ring keeps (0: none);
+* ``plugins.fanout.replay_retention_seconds`` – their maximum age (0: no age limit).
+
+See docs/plugins/fanout.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sessiongate.core import hookimpl
+from sessiongate.core.settings import Setting, non_negative_int, non_negative_number, positive_int
+
+from .distributor import FanoutDistributor
+from .ring import ReplayRing
+
+if TYPE_CHECKING:
+    from sessiongate.core.session import Session
+    from sessiongate.core.settings import Settings
+
+__all__ = ["FanoutDistributor", "ReplayRing"]
+
+
+@hookimpl
+def sg_add_validators(settings: Settings) -> Sequence[Setting]:
+    return [
+        positive_int("plugins.fanout.max_subscribers_per_session",
+                     "External subscribers per session at most; one more gets "
+                     "RESOURCE_EXHAUSTED. Internal subscribers do not count."),
+        non_negative_int("plugins.fanout.replay_buffer_capacity",
+                         "Newest events kept per session for resuming subscribers (0: none)."),
+        non_negative_number("plugins.fanout.replay_retention_seconds",
+                            "Oldest age of a kept event (0: no age limit)."),
+    ]
+
+
+@hookimpl
+def sg_make_distributor(session: Session, settings: Settings) -> FanoutDistributor:
+    fanout = settings.plugins.fanout
+    gateway = session.attributes["gateway"]
+    ring = ReplayRing(int(fanout.replay_buffer_capacity),
+                      float(fanout.replay_retention_seconds))
+    return FanoutDistributor(
+        max_external=int(fanout.max_subscribers_per_session),
+        ring=ring,
+        **gateway.sessions.distributor_options(session),
+    )

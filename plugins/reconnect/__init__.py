@@ -1,1 +1,90 @@
-"""The reconnect plugin (see its issue; not implemented yet: registers no hooks)."""
+"""reconnect: sessions outlive a dropped subscriber; streams resume from a sequence.
+
+Switched by ``plugins.reconnect.enabled`` (default on; needs the fanout plugin,
+whose replay ring it resumes from). When the last subscriber that keeps a
+session alive drops (network cut, crash, cancel), the session waits in
+``DETACHED`` for ``plugins.reconnect.detach_grace_seconds``: its worker keeps
+producing into the replay ring, a resume returns it to ``READY``, and when the
+window ends with nobody back the session is closed ("detach grace expired").
+An explicit ``CloseSession`` still closes at once, and the lease still applies
+(a DETACHED session closes at the earlier of grace end and lease end).
+
+``StreamEvents`` with ``after_sequence`` is served by the distributor's replay
+(core's interface, fanout's ring); who may resume is the ``resume`` action of
+``sg_authorize`` (the acl plugin: owner or admin).
+See docs/plugins/reconnect.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sessiongate.core import hookimpl
+from sessiongate.core.session import SessionState
+from sessiongate.core.settings import Setting, positive_number
+
+if TYPE_CHECKING:
+    from sessiongate.core.events import Subscription
+    from sessiongate.core.session import Session
+    from sessiongate.core.settings import Settings
+
+log = logging.getLogger("sessiongate.plugins.reconnect")
+
+GRACE_TASK = "reconnect.grace"
+#: detach reasons that do not mean "the subscriber went away"
+NOT_A_DROP = frozenset({"session ended", "replaced"})
+
+
+@hookimpl
+def sg_add_validators(settings: Settings) -> Sequence[Setting]:
+    return [
+        positive_number("plugins.reconnect.detach_grace_seconds",
+                        "How long a session whose last subscriber dropped waits in DETACHED "
+                        "for a resume before it is closed."),
+        Setting("plugins.fanout.enabled",
+                "true while plugins.reconnect.enabled is true (reconnect resumes from "
+                "fanout's replay ring)", lambda v: v is True,
+                "Prerequisite of the reconnect plugin.", when="plugins.reconnect.enabled"),
+    ]
+
+
+@hookimpl
+def sg_replay_supported(session: Session) -> bool | None:
+    dist = session.distributor
+    return True if dist is not None and dist.supports_replay else None
+
+
+def _attached(session: Session) -> bool:
+    dist = session.distributor
+    return dist is not None and any(s.keeps_alive for s in dist.subscriptions)
+
+
+@hookimpl
+def sg_subscriber_attached(session: Session, subscription: Subscription) -> None:
+    if subscription.keeps_alive and session.state == SessionState.DETACHED:
+        task = session.attributes.pop(GRACE_TASK, None)
+        if task is not None:
+            task.cancel()
+        session.transition(SessionState.READY, "subscriber resumed")
+
+
+@hookimpl
+def sg_subscriber_detached(session: Session, subscription: Subscription, reason: str) -> None:
+    if (reason in NOT_A_DROP or not subscription.keeps_alive
+            or session.state != SessionState.READY or _attached(session)):
+        return
+    gateway = session.attributes["gateway"]
+    grace = float(gateway.settings.plugins.reconnect.detach_grace_seconds)
+    session.transition(SessionState.DETACHED, f"last subscriber gone ({reason}); "
+                       f"waiting {grace:g} s for a resume")
+    session.attributes[GRACE_TASK] = session.spawn(_grace(session, grace), "detach-grace")
+
+
+async def _grace(session: Session, grace: float) -> None:
+    await asyncio.sleep(grace)
+    if session.state == SessionState.DETACHED:
+        session.attributes.pop(GRACE_TASK, None)
+        await session.attributes["gateway"].sessions.close(session, "detach grace expired")
