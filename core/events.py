@@ -271,6 +271,18 @@ class Distributor:
             if not sub.offer(events):
                 self._overflow(sub)
 
+    def restore(self, events: Sequence[Any], *, floor: int | None, reason: int) -> None:
+        """The session was re-adopted after a gateway restart (reattach).
+
+        ``events`` are what the worker still holds (oldest first); nothing at or below
+        ``floor`` will ever be available, for ``reason``. Core keeps no history, so it
+        only learns the position; a distributor with a replay ring rebuilds it.
+        """
+        if events:
+            self.last_sequence = max(self.last_sequence, events[-1].sequence)
+        elif floor is not None:
+            self.last_sequence = max(self.last_sequence, floor)
+
     def publish_hole(self, last_before: int, first_after: int, reason: int) -> None:
         """The worker's sequence jumps from ``last_before`` to ``first_after``: tell everyone."""
         for sub in self.subscriptions:

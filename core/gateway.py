@@ -21,6 +21,7 @@ from typing import Any
 
 import pluggy
 
+from sessiongate.core import terminator
 from sessiongate.core.auth import ADMIN_SCOPE, Identity, KeyStore, parse_bearer
 from sessiongate.core.errors import (
     FailedPrecondition,
@@ -119,6 +120,12 @@ class SessionManager:
                                    reason=reason)
         return released
 
+    def worker_exited(self, session: Session) -> Callable[[int, int | None], None]:
+        def exited(pid: int, returncode: int | None) -> None:
+            self.spawn(self.hooks.notify("sg_worker_exited", session=session, pid=pid,
+                                         returncode=returncode), "worker-exited")
+        return exited
+
     def distributor_options(self, session: Session) -> dict[str, Any]:
         """The keyword arguments every :class:`Distributor` of ``session`` needs."""
         return {
@@ -173,7 +180,8 @@ class SessionManager:
                                             runtime_dir=str(self.gateway.runtime_dir))
             session.worker = WorkerHandle(
                 session_id=session.session_id, socket_path=socket_path,
-                config=self.worker_config, on_events=session.on_events, on_fault=session.fault)
+                config=self.worker_config, on_events=session.on_events, on_fault=session.fault,
+                on_exit=self.worker_exited(session))
             await session.worker.start(
                 backend_spec=spec, backend_name=backend,
                 env_extra=self.gateway.worker_env(session),
@@ -190,6 +198,41 @@ class SessionManager:
             raise Unavailable(f"session {session.session_id} failed while opening: "
                               f"{session.reason}")
         self.metrics.inc("sessions_opened")
+        await self.hooks.notify("sg_session_opened", session=session)
+        self._start_internal_subscribers(session)
+        return session
+
+    async def restore(self, *, session_id: str, owner_key_id: str, client_name: str,
+                      backend: str, tag: str, lease_seconds: float, socket_path: str,
+                      nonce_digest: bytes, pid: int, create_time: float,
+                      window: float) -> Session | None:
+        """Re-adopt the worker of a session an earlier gateway instance opened.
+
+        Listens on the session's socket for an Adopt frame carrying the nonce whose
+        digest is given; the session is READY again, with its id, owner and tag, when
+        the worker is back within ``window`` seconds. Returns None (and cleans up)
+        otherwise. Policy (which sessions, when) belongs to the caller.
+        """
+        session = Session(session_id=session_id, owner_key_id=owner_key_id,
+                          client_name=client_name, backend=backend, tag=tag,
+                          lease_seconds=lease_seconds, on_state=self._on_state)
+        session.attributes["gateway"] = self.gateway
+        self.live[session_id] = session
+        session.distributor = self.hooks.decide("sg_make_distributor", session=session,
+                                                settings=self.settings)
+        session.worker = WorkerHandle(
+            session_id=session_id, socket_path=socket_path, config=self.worker_config,
+            on_events=session.on_events, on_fault=session.fault,
+            on_frame=session.on_worker_frame)
+        try:
+            await session.worker.expect(nonce_digest_=nonce_digest, pid=pid,
+                                        create_time=create_time)
+            await session.worker.wait_ready(window)
+        except Exception as exc:
+            session.fault(getattr(exc, "message", None) or f"adoption failed: {exc!r}")
+            await asyncio.shield(session.ended.wait())
+            return None
+        session.transition(SessionState.READY, "worker re-adopted")
         await self.hooks.notify("sg_session_opened", session=session)
         self._start_internal_subscribers(session)
         return session
@@ -237,7 +280,10 @@ class SessionManager:
 
     async def _finish(self, session: Session, reason: str) -> None:
         if session.worker is not None:
-            await session.worker.stop(reason)
+            if session.attributes.get("released"):
+                await session.worker.wait_tasks()
+            else:
+                await session.worker.stop(reason)
         await session.cancel_tasks()
         session.transition(SessionState.CLOSED, reason)
         if self.live.pop(session.session_id, None) is not None:
@@ -258,6 +304,10 @@ class SessionManager:
             if session.state not in ENDED:
                 session.transition(SessionState.CLOSING, reason)
             session.end_streams(Unavailable(f"session {session.session_id}: {reason}"))
+            if session.worker is not None and self.hooks.decide("sg_worker_release",
+                                                                session=session):
+                session.attributes["released"] = True
+                session.worker.release()
         await asyncio.gather(*(self._finish(s, reason) for s in sessions),
                              return_exceptions=True)
         tasks = list(self._tasks)
@@ -281,6 +331,7 @@ class Gateway:
         self.backends: dict[str, str] = {}
         for contributed in reversed(self.hooks.collect("sg_worker_backends")):
             self.backends.update(contributed)
+        self.home = terminator.home_marker(self.state_dir)
         self.keys = KeyStore(self.state_dir / "keys.sqlite3")
         self.sessions = SessionManager(self)
         self.bootstrap_key: str | None = None
@@ -290,7 +341,8 @@ class Gateway:
 
     def worker_env(self, session: Session) -> dict[str, str]:
         """Extra environment for workers: the marker the terminator recognises them by."""
-        env = {"SESSIONGATE_WORKER_MARKER": self.instance_id}
+        env = {"SESSIONGATE_WORKER_MARKER": self.instance_id,
+               terminator.HOME_ENV: self.home}
         env.update(session.attributes.get("worker_env", {}))
         return env
 
@@ -302,6 +354,10 @@ class Gateway:
             if await self.keys.count() == 0:
                 await self._bootstrap_admin()
             await self.hooks.notify("sg_startup", gateway=self)
+            # Workers of an earlier instance that no plugin adopted: stop them.
+            spare = [s.worker.pid for s in self.sessions.live.values()
+                     if s.worker is not None and s.worker.pid]
+            await terminator.terminate_leftovers(self.home, spare)
         except BaseException:
             await self.keys.close()
             raise

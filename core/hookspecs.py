@@ -54,6 +54,7 @@ __all__ = [
     "sg_internal_subscribers",
     "sg_worker_endpoint",
     "sg_worker_launch",
+    "sg_worker_release",
     "sg_worker_exited",
 ]
 
@@ -305,6 +306,18 @@ def sg_worker_launch(session: Session, argv: list[str], env: dict[str, str]) -> 
     Never log ``env``: it carries the session's nonce.
 
     Kind: observer, sync. Called from: ``sessiongate.core.workers.launch``.
+    """
+
+
+@hookspec(firstresult=True)
+def sg_worker_release(session: Session) -> bool | None:
+    """The gateway is shutting down: leave this session's worker running?
+
+    Stops at first non-None result. ``True``: the connection is closed without
+    stopping the worker, so a later gateway instance can adopt it (reattach);
+    ``None``/``False``: the worker is stopped (core behaviour).
+
+    Kind: decision, sync. Called from: ``SessionManager.shutdown``.
     """
 
 

@@ -152,6 +152,32 @@ class Session:
         if self.distributor is not None and self.state != SessionState.FAULTED:
             self.distributor.publish(events)
 
+    def on_worker_frame(self, frame: Any) -> None:
+        """Adoption by a new gateway: the worker's position, then what it still holds."""
+        kind = frame.WhichOneof("body")
+        dist = self.distributor
+        if kind == "adopt":
+            adopt = frame.adopt
+            self.last_sequence = adopt.last_sequence
+            self.attributes["adopted"] = {"last_sequence": adopt.last_sequence,
+                                          "dropped_events": adopt.dropped_events}
+            reason = (gateway_pb2.WORKER_DISCONNECTED if adopt.dropped_events
+                      else gateway_pb2.GATEWAY_RESTARTED)
+            if dist is not None:
+                dist.restore([], floor=adopt.last_sequence, reason=reason)
+        elif kind == "history" and frame.history.events:
+            history = frame.history
+            events = list(history.events)
+            first_chunk = not self.attributes.get("history_received")
+            self.attributes["history_received"] = True
+            floor = events[0].sequence - 1
+            reason = (gateway_pb2.WORKER_DISCONNECTED
+                      if history.first_unsent and history.first_unsent <= floor
+                      else gateway_pb2.EVICTED)
+            if dist is not None:
+                dist.restore(events, floor=floor if first_chunk else None, reason=reason)
+            self.last_sequence = max(self.last_sequence, events[-1].sequence)
+
     def subscribe(self, sub: Subscription, *, after_sequence: int | None = None) -> Subscription:
         if self.distributor is None or not self.live:
             raise FailedPrecondition(f"session {self.session_id} is {self.state}")

@@ -54,6 +54,7 @@ __all__ = ["Backend", "CommandError", "command", "WorkerRuntime", "main"]
 log = logging.getLogger("sessiongate.worker")
 
 BATCH_EVENTS = 512  # events per frame at most; a frame is also sent when the loop idles
+HISTORY_CHUNK = 256  # retained events per History frame after an adoption
 
 
 class CommandError(Exception):
@@ -265,11 +266,17 @@ class WorkerRuntime:
         if frame.WhichOneof("body") != "welcome":
             raise protocol.MalformedFrame("expected welcome")
         self._heartbeat_interval = max(frame.welcome.heartbeat_interval_ms / 1000, 0.05)
-        self._writer = writer
         if adopt and self._history is not None:
-            history = worker_pb2.History(first_unsent=self._first_unsent)
-            history.events.extend(self._history)
-            self._send(worker_pb2.WorkerFrame(history=history))
+            # Everything produced so far goes to the history (no writer yet), then the
+            # history goes out, then the writer is live: no await in between, so the
+            # gateway sees the retained events strictly before any newer one.
+            self._flush()
+            retained = list(self._history)
+            for i in range(0, len(retained), HISTORY_CHUNK):
+                history = worker_pb2.History(first_unsent=self._first_unsent)
+                history.events.extend(retained[i:i + HISTORY_CHUNK])
+                writer.write(protocol.encode(worker_pb2.WorkerFrame(history=history)))
+        self._writer = writer
         self._dropped = 0
         self._first_unsent = 0
 

@@ -25,7 +25,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sessiongate.core import protocol
+import psutil
+
+from sessiongate.core import protocol, terminator
 from sessiongate.core.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -72,7 +74,8 @@ class WorkerHandle:
 
     def __init__(self, *, session_id: str, socket_path: str, config: WorkerConfig,
                  on_events: Callable[[list[Any]], None], on_fault: Callable[[str], None],
-                 on_frame: Callable[[worker_pb2.WorkerFrame], None] | None = None) -> None:
+                 on_frame: Callable[[worker_pb2.WorkerFrame], None] | None = None,
+                 on_exit: Callable[[int, int | None], None] | None = None) -> None:
         if len(os.fsencode(socket_path)) > SUN_PATH_MAX:
             raise Internal(f"worker socket path is too long for a Unix socket "
                            f"({len(socket_path)} > {SUN_PATH_MAX}): choose a shorter runtime_dir")
@@ -82,10 +85,13 @@ class WorkerHandle:
         self._on_events = on_events
         self._on_fault = on_fault
         self._on_frame = on_frame
+        self._on_exit = on_exit
         self.nonce_digest = b""
         self.pid: int | None = None
         self.returncode: int | None = None
         self.process: asyncio.subprocess.Process | None = None
+        #: a worker started by an earlier gateway (reattach): not our child
+        self.foreign: psutil.Process | None = None
         self._server: asyncio.AbstractServer | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -144,6 +150,12 @@ class WorkerHandle:
         self._spawn_task(self._reap(), "reap")
         await self.wait_ready(self.config.start_timeout)
 
+    async def expect(self, *, nonce_digest_: bytes, pid: int, create_time: float) -> None:
+        """Listen for a worker started by an earlier gateway instance (its Adopt frame)."""
+        self.pid = pid
+        self.foreign = terminator.our_worker(pid, create_time, self.session_id)
+        await self.listen(nonce_digest_)
+
     async def wait_ready(self, timeout: float) -> None:
         assert self._ready is not None
         try:
@@ -158,6 +170,8 @@ class WorkerHandle:
         level = logging.INFO if self._stopping else logging.WARNING
         log.log(level, "session %s: worker exited (pid %s, code %s)", self.session_id, self.pid,
                 self.returncode)
+        if self._on_exit is not None and self.pid is not None:
+            self._on_exit(self.pid, self.returncode)
         self._lost(f"worker exited with code {self.returncode}")
 
     # -- connection --------------------------------------------------------------------
@@ -208,6 +222,8 @@ class WorkerHandle:
         if self._server is not None:  # one worker per session: stop listening
             self._server.close()
             self._server = None
+        if kind == "adopt" and self._on_frame is not None:
+            self._on_frame(frame)
         return True
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
@@ -324,6 +340,24 @@ class WorkerHandle:
         if self.process is not None and self.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
+        elif self.foreign is not None:
+            terminator.signal_if_ours(self.foreign, signal.SIGKILL)
+
+    def release(self) -> None:
+        """Leave the worker running, unconnected (reattach: the next gateway adopts it)."""
+        self._stopping = True
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self._writer is not None:
+            self._writer.close()  # the worker sees EOF and starts phoning home
+            self._writer = None
+        self.lost_reason = self.lost_reason or "released for adoption"
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def wait_tasks(self) -> None:
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def stop(self, reason: str = "session closed") -> None:
         """Ask the worker to exit, then terminate, then kill; reap; close everything."""
@@ -346,6 +380,8 @@ class WorkerHandle:
                     await asyncio.wait_for(asyncio.shield(proc.wait()), wait)
                     break
             self.returncode = proc.returncode
+        elif self.foreign is not None:
+            await terminator.stop_foreign(self.foreign, self.config.stop_timeout)
         self._lost(reason)
         tasks = list(self._tasks)
         for task in tasks:

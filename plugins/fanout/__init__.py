@@ -30,6 +30,7 @@ __all__ = ["FanoutDistributor", "ReplayRing"]
 
 @hookimpl
 def sg_add_validators(settings: Settings) -> Sequence[Setting]:
+    queue_capacity = settings.get("events.queue_capacity")
     return [
         positive_int("plugins.fanout.max_subscribers_per_session",
                      "External subscribers per session at most; one more gets "
@@ -38,6 +39,12 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
                          "Newest events kept per session for resuming subscribers (0: none)."),
         non_negative_number("plugins.fanout.replay_retention_seconds",
                             "Oldest age of a kept event (0: no age limit)."),
+        Setting("plugins.fanout.replay_buffer_capacity",
+                f"at most events.queue_capacity ({queue_capacity}): a resumed subscriber's "
+                "replayed backlog must fit its queue",
+                lambda v: not isinstance(queue_capacity, int) or not isinstance(v, int)
+                or v <= queue_capacity,
+                "(cross-check with events.queue_capacity)"),
     ]
 
 

@@ -60,6 +60,12 @@ class FanoutDistributor(Distributor):
         super().publish(events)
         self.ring.extend(events)
 
+    def restore(self, events: Sequence[Any], *, floor: int | None, reason: int) -> None:
+        super().restore(events, floor=floor, reason=reason)
+        if floor is not None:
+            self.ring.start_at(floor, reason)
+        self.ring.extend(events)
+
     def publish_hole(self, last_before: int, first_after: int, reason: int) -> None:
         super().publish_hole(last_before, first_after, reason)
         self.ring.add_hole(last_before, first_after, reason)

@@ -56,8 +56,12 @@ class ReplayRing:
         return self.events[0].sequence if self.events else None
 
     def start_at(self, sequence: int, reason: int) -> None:
-        """A ring rebuilt mid-session: nothing at or below ``sequence`` will ever be here."""
-        self.floor = max(self.floor, sequence)
+        """A ring rebuilt mid-session: nothing at or below ``sequence`` will ever be here.
+
+        Called again with a lower floor when older retained events turn up (the
+        worker's buffer arrives after its position): the latest call wins.
+        """
+        self.floor = sequence
         self.newest = max(self.newest, sequence)
         self.floor_reason = reason
 

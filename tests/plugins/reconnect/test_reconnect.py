@@ -31,7 +31,9 @@ async def collect(call, until: int) -> tuple[list[int], list]:
 
 
 async def test_resume_mid_stream_while_producing_gets_every_event_once(make_gateway):
+    # queues as large as the burst: this test is about the seam, not backpressure
     gw = await make_gateway(**{"plugins.fanout.replay_buffer_capacity": 100_000,
+                               "events.queue_capacity": 100_000,
                                "plugins.reconnect.detach_grace_seconds": 30})
     client = gw.client()
     sid = (await client.open()).session_id
