@@ -191,43 +191,44 @@ async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Async
 
 
 class GatewayProcess:
-    """``sessiongate serve`` as a child process; ``address`` parsed from its log."""
+    """``sessiongate serve`` as a child process; ``address`` parsed from its log.
+
+    Output goes to files, not pipes: workers inherit the gateway's stderr, so a pipe
+    would stay open after the gateway itself is killed.
+    """
+
+    _count = 0
 
     def __init__(self, config: pathlib.Path, cwd: pathlib.Path,
                  env: dict[str, str] | None = None) -> None:
+        GatewayProcess._count += 1
         self.config = config
         self.cwd = cwd
         self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[str] | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
-        self.stdout = ""
-        self.log_lines: list[str] = []
+        self.log_path = cwd / f"gateway-{GatewayProcess._count}.log"
+        self.out_path = cwd / f"gateway-{GatewayProcess._count}.out"
 
     def start(self, timeout: float = 30.0) -> GatewayProcess:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sessiongate", "serve", "--config", str(self.config)],
-            cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        assert self.proc.stderr is not None
-        import selectors
         import time
 
+        with open(self.log_path, "wb") as err, open(self.out_path, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sessiongate", "serve", "--config", str(self.config)],
+                cwd=self.cwd, env=self.env, stdout=out, stderr=err,
+                stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stderr, selectors.EVENT_READ)
         while time.monotonic() < deadline:
-            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                break
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.log_lines.append(line)
-            match = re.search(r"listening on (\S+)", line)
+            match = re.search(r"listening on (\S+)", self.log)
             if match:
                 self.address = match.group(1)
                 return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)  # a log file has no readiness event to wait on
         self.kill()
-        raise RuntimeError("gateway did not start:\n" + "".join(self.log_lines))
+        raise RuntimeError("gateway did not start:\n" + self.log)
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
@@ -235,20 +236,20 @@ class GatewayProcess:
 
     def wait(self, timeout: float = 30.0) -> int:
         assert self.proc is not None
-        out, err = self.proc.communicate(timeout=timeout)
-        self.stdout += out
-        self.log_lines.append(err)
-        return self.proc.returncode
+        return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            with contextlib.suppress(Exception):
-                self.proc.communicate(timeout=10)
+            self.proc.wait(timeout=10)
 
     @property
     def log(self) -> str:
-        return "".join(self.log_lines)
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace") if self.out_path.exists() else ""
 
 
 @pytest.fixture
