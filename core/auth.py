@@ -23,7 +23,7 @@ import aiosqlite
 
 from sessiongate.core.errors import InvalidArgument, NotFound, Unauthenticated
 
-__all__ = ["Identity", "KeyStore", "ADMIN_SCOPE", "KEY_PREFIX", "parse_bearer"]
+__all__ = ["ADMIN_SCOPE", "KEY_PREFIX", "Identity", "KeyStore", "parse_bearer"]
 
 ADMIN_SCOPE = "sessions:admin"
 KEY_PREFIX = "sg"
@@ -144,7 +144,7 @@ class KeyStore:
 
     async def count(self) -> int:
         rows = await self.db.execute_fetchall("SELECT COUNT(*) FROM api_keys")
-        return int(list(rows)[0][0])
+        return int(next(iter(rows))[0])
 
     async def verify(self, credential: str) -> Identity:
         """The identity of a full API key; Unauthenticated if unknown, wrong or revoked."""

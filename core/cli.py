@@ -20,7 +20,7 @@ from typing import Any
 
 from sessiongate.core.settings import SettingsError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 KEY_ENV = "SESSIONGATE_CLIENT_KEY"
 SERVER_ENV = "SESSIONGATE_CLIENT_SERVER"

@@ -24,7 +24,7 @@ import grpc
 
 from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
 
-__all__ = ["connect", "GatewayClient", "GapNotice", "Reconnecting", "info_json"]
+__all__ = ["GapNotice", "GatewayClient", "Reconnecting", "connect", "info_json"]
 
 #: Codes after which resuming can succeed (the gateway or the connection went away,
 #: or this subscriber overflowed and may resume from where it was).

@@ -8,20 +8,20 @@ module imports nothing heavy.
 from __future__ import annotations
 
 __all__ = [
-    "GatewayError",
-    "Unauthenticated",
-    "NotFound",
-    "PermissionDenied",
-    "AlreadyExists",
-    "ResourceExhausted",
-    "FailedPrecondition",
-    "InvalidArgument",
-    "OutOfRange",
-    "DeadlineExceeded",
-    "Unavailable",
-    "Aborted",
-    "Internal",
     "OVERFLOW_MESSAGE",
+    "Aborted",
+    "AlreadyExists",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "GatewayError",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
 ]
 
 #: Every overflow disconnect carries this text (clients and tests match on it).

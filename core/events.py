@@ -32,7 +32,7 @@ from sessiongate.v1 import gateway_pb2
 if TYPE_CHECKING:
     from sessiongate.core.auth import Identity
 
-__all__ = ["Gap", "Subscription", "Distributor", "Event", "GRPC", "INTERNAL"]
+__all__ = ["GRPC", "INTERNAL", "Distributor", "Event", "Gap", "Subscription"]
 
 log = logging.getLogger("sessiongate.events")
 
@@ -220,7 +220,7 @@ class Distributor:
         self._count_overflow = count_overflow or (lambda kind: None)
         self.subscriptions: list[Subscription] = []
         self.external_count = 0
-        self.closed: GatewayError | None | bool = False
+        self.closed: GatewayError | bool | None = False
         self.last_sequence = 0
 
     # -- registration (no await anywhere: check and change in one step) -----------------

@@ -39,7 +39,7 @@ from sessiongate.core.session import ENDED, Session, SessionState, new_session_i
 from sessiongate.core.settings import Settings, runtime_dir
 from sessiongate.core.workers import WorkerConfig, WorkerHandle
 
-__all__ = ["Gateway", "SessionManager", "BOOTSTRAP_KEY_FILE"]
+__all__ = ["BOOTSTRAP_KEY_FILE", "Gateway", "SessionManager"]
 
 log = logging.getLogger("sessiongate.gateway")
 

@@ -24,11 +24,11 @@ from sessiongate.core.errors import GatewayError, Internal
 from sessiongate.core.settings import Setting, Settings, load_settings
 
 __all__ = [
-    "ENTRY_POINT_GROUP",
     "BUILTIN_PLUGINS",
+    "ENTRY_POINT_GROUP",
     "Hooks",
-    "make_plugin_manager",
     "load",
+    "make_plugin_manager",
     "plugin_listing",
 ]
 

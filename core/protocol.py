@@ -14,19 +14,19 @@ from google.protobuf.message import DecodeError
 from sessiongate.v1 import worker_pb2
 
 __all__ = [
+    "BACKEND_ENV",
+    "MARKER_ENV",
+    "MAX_FRAME_ENV",
+    "NONCE_ENV",
+    "OPTIONS_ENV",
     "PROTOCOL_VERSION",
+    "SESSION_ENV",
+    "SOCKET_ENV",
     "FrameError",
     "FrameTooLarge",
     "MalformedFrame",
     "encode",
     "read_frame",
-    "NONCE_ENV",
-    "SOCKET_ENV",
-    "SESSION_ENV",
-    "BACKEND_ENV",
-    "MARKER_ENV",
-    "MAX_FRAME_ENV",
-    "OPTIONS_ENV",
 ]
 
 PROTOCOL_VERSION = 1

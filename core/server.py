@@ -1,4 +1,4 @@
-"""The gRPC API (grpc.aio): a thin translation of :class:`Gateway` to CONTRACT §2–3.
+"""The gRPC API (grpc.aio): a thin translation of :class:`Gateway` to CONTRACT §2-3.
 
 Every handler authenticates, looks the session up, asks for authorisation, and
 maps :class:`GatewayError` to ``context.abort(code, message)``. Health checking

@@ -3,7 +3,7 @@
 States (the proto's names): OPENING → READY → CLOSING → CLOSED; READY ⇄ DETACHED
 (reconnect plugin); FAULTED from any live state. A fault is handled once,
 centrally: one log line, one metric, every stream ends ``UNAVAILABLE``, the
-worker is stopped – and nothing outside this session is touched.
+worker is stopped - and nothing outside this session is touched.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from sessiongate.v1 import gateway_pb2
 if TYPE_CHECKING:
     from sessiongate.core.workers import WorkerHandle
 
-__all__ = ["Session", "SessionState", "new_session_id", "LIVE", "ENDED"]
+__all__ = ["ENDED", "LIVE", "Session", "SessionState", "new_session_id"]
 
 log = logging.getLogger("sessiongate.sessions")
 

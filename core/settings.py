@@ -6,7 +6,7 @@ the rules that the enabled plugins contribute through ``sg_add_validators``.
 Every problem of both phases is collected into one :class:`SettingsError`,
 so a deployer sees everything that is wrong in one go (the CLI exits 2).
 
-Each rule is a :class:`Setting` – a dynaconf ``Validator`` plus the words that
+Each rule is a :class:`Setting` - a dynaconf ``Validator`` plus the words that
 ``docs/settings.md`` is generated from, so the documentation cannot drift.
 """
 
@@ -26,21 +26,21 @@ from dynaconf.validator import ValidatorList
 
 __all__ = [
     "Setting",
-    "SettingsError",
     "Settings",
-    "load_settings",
+    "SettingsError",
+    "boolean",
     "core_settings",
     "defaults_path",
     "flatten",
-    "redacted",
-    "positive_int",
-    "positive_number",
+    "load_settings",
     "non_negative_int",
     "non_negative_number",
-    "boolean",
     "one_of",
-    "string",
+    "positive_int",
+    "positive_number",
+    "redacted",
     "runtime_dir",
+    "string",
 ]
 
 ENV_PREFIX = "SESSIONGATE"

@@ -3,7 +3,7 @@
 A worker is recognised by three things together: its command line runs
 ``sessiongate.core.workerproc``, its environment carries this state dir's home
 marker (a digest of the state dir's path, so two gateways on one host never touch
-each other's workers), and – where a manifest recorded them – its pid *and* start
+each other's workers), and - where a manifest recorded them - its pid *and* start
 time. A pid reused by an unrelated process fails these checks and is left alone.
 psutil re-checks the start time before every signal, so a pid cannot be reused
 between the check and the kill.
@@ -22,8 +22,15 @@ from collections.abc import Iterable
 
 import psutil
 
-__all__ = ["HOME_ENV", "home_marker", "our_worker", "leftover_workers", "signal_if_ours",
-           "stop_foreign", "terminate_leftovers"]
+__all__ = [
+    "HOME_ENV",
+    "home_marker",
+    "leftover_workers",
+    "our_worker",
+    "signal_if_ours",
+    "stop_foreign",
+    "terminate_leftovers",
+]
 
 log = logging.getLogger("sessiongate.terminator")
 

@@ -15,7 +15,6 @@ third-party plugin authors can do the same.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import pathlib
@@ -31,7 +30,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-__all__ = ["GatewayHandle", "write_config", "enabled_plugins", "GatewayProcess"]
+__all__ = ["GatewayHandle", "GatewayProcess", "enabled_plugins", "write_config"]
 
 PLUGINS = ("fanout", "reconnect", "acl", "reattach")
 

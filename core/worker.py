@@ -49,7 +49,7 @@ from typing import Any
 from sessiongate.core import protocol
 from sessiongate.v1 import gateway_pb2, worker_pb2
 
-__all__ = ["Backend", "CommandError", "command", "WorkerRuntime", "main"]
+__all__ = ["Backend", "CommandError", "WorkerRuntime", "command", "main"]
 
 log = logging.getLogger("sessiongate.worker")
 

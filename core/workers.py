@@ -38,7 +38,7 @@ from sessiongate.core.errors import (
 )
 from sessiongate.v1 import worker_pb2
 
-__all__ = ["WorkerHandle", "WorkerConfig", "nonce_digest", "WORKER_MODULE"]
+__all__ = ["WORKER_MODULE", "WorkerConfig", "WorkerHandle", "nonce_digest"]
 
 log = logging.getLogger("sessiongate.workers")
 

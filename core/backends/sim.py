@@ -26,7 +26,7 @@ def _field(payload: Any, name: str, kind: type | tuple[type, ...], *, required: 
             raise CommandError(f"payload is missing {name!r}")
         return None
     value = payload[name]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise CommandError(f"{name!r} has the wrong type")
     return value
 

@@ -2,10 +2,10 @@
 
 Switched by ``plugins.fanout.enabled`` (default on). Settings:
 
-* ``plugins.fanout.max_subscribers_per_session`` – external subscribers per session;
+* ``plugins.fanout.max_subscribers_per_session`` - external subscribers per session;
   one more gets ``RESOURCE_EXHAUSTED`` (internal subscribers do not count);
-* ``plugins.fanout.replay_buffer_capacity`` – events the replay ring keeps (0: none);
-* ``plugins.fanout.replay_retention_seconds`` – their maximum age (0: no age limit).
+* ``plugins.fanout.replay_buffer_capacity`` - events the replay ring keeps (0: none);
+* ``plugins.fanout.replay_retention_seconds`` - their maximum age (0: no age limit).
 
 See docs/plugins/fanout.md.
 """
