@@ -52,6 +52,12 @@ def unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         except GatewayError as exc:
             await context.abort(_status(exc.code), exc.message)
             raise  # unreachable: abort raises
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the gateway log)")
+            raise
 
     return handler
 
@@ -162,6 +168,11 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 await context.write(response)
         except GatewayError as exc:
             await context.abort(_status(exc.code), exc.message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("StreamEvents failed")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error (see the gateway log)")
         finally:
             if sub is not None and session is not None:
                 session.unsubscribe(sub, sub.end_reason if sub.ended else "client gone")
