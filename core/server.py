@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -35,6 +35,8 @@ log = logging.getLogger("sessiongate.server")
 T = TypeVar("T")
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 STREAM_WRITE_HIGH_WATER = 1  # responses in flight per stream (grpc.aio allows one write)
+MAX_RESPONSE_BYTES = 1 << 20  # event bytes per StreamEventsResponse, about
+EVENT_OVERHEAD = 64  # bytes of an Event besides its payload (sequence, kind, time), about
 
 
 def _status(code: str) -> grpc.StatusCode:
@@ -180,25 +182,49 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     @staticmethod
     async def _responses(sub: Subscription, max_batch: int,
                          replaying: bool) -> AsyncIterator[Any]:
-        """The first response at once (attached); ``caught_up`` where history ends."""
+        """The first response at once (attached); ``caught_up`` where history ends.
+
+        A response carries up to ``max_batch`` events and, whatever the batch, about
+        ``MAX_RESPONSE_BYTES`` at most (gRPC clients refuse messages over 4 MiB).
+        """
+        Response = gateway_pb2.StreamEventsResponse
         pending_history = len(sub.buffer) if replaying else 0
         if pending_history == 0 and sub.pending_gap is None:
-            yield gateway_pb2.StreamEventsResponse(caught_up=True)
+            yield Response(caught_up=True)
+        next_ = sub.next
         while True:
-            item = await sub.next(max_batch)
+            item = await next_(max_batch)
             if item is None:
                 return
             gap, events = item
-            response = gateway_pb2.StreamEventsResponse(events=events)
-            if gap is not None:
-                response.gap.CopyFrom(gap.to_proto())
-            if pending_history > 0:
-                pending_history -= len(events)
-                if pending_history <= 0:
+            chunks = _by_size(events) if len(events) > 1 else (events,)
+            for i, chunk in enumerate(chunks):
+                response = Response(events=chunk)
+                if gap is not None and i == 0:
+                    response.gap.CopyFrom(gap.to_proto())
+                if pending_history > 0:
+                    pending_history -= len(chunk)
+                    if pending_history <= 0:
+                        response.caught_up = True
+                elif replaying and gap is not None and not events:
                     response.caught_up = True
-            elif replaying and gap is not None and not events:
-                response.caught_up = True
-            yield response
+                yield response
+
+
+def _by_size(events: list[Any]) -> Sequence[list[Any]]:
+    """``events`` cut into runs of about ``MAX_RESPONSE_BYTES`` (one run: the common case)."""
+    sizes = [len(e.payload) + EVENT_OVERHEAD for e in events]
+    if sum(sizes) <= MAX_RESPONSE_BYTES:
+        return (events,)
+    chunks: list[list[Any]] = []
+    start = total = 0
+    for i, size in enumerate(sizes):
+        if total + size > MAX_RESPONSE_BYTES and i > start:
+            chunks.append(events[start:i])
+            start, total = i, 0
+        total += size
+    chunks.append(events[start:])
+    return chunks
 
 
 class GrpcServer:

@@ -39,7 +39,6 @@ import inspect
 import json
 import logging
 import os
-import random
 import signal
 import sys
 import time
@@ -53,7 +52,9 @@ __all__ = ["Backend", "CommandError", "WorkerRuntime", "command", "main"]
 
 log = logging.getLogger("sessiongate.worker")
 
-BATCH_EVENTS = 512  # events per frame at most; a frame is also sent when the loop idles
+BATCH_EVENTS = 1024  # events per frame at most; a frame is also sent when the loop idles
+BATCH_BYTES = 256 << 10  # payload bytes per frame at most (frames stay far below max_frame)
+WRITE_HIGH_WATER = 512 << 10  # drain() waits while more than this is unsent to the gateway
 HISTORY_CHUNK = 256  # retained events per History frame after an adoption
 
 
@@ -81,6 +82,8 @@ class Backend:
 
     def __init__(self, runtime: WorkerRuntime) -> None:
         self._runtime = runtime
+        if type(self).emit is Backend.emit:  # not overridden: skip one call per event
+            self.emit = runtime.emit  # type: ignore[method-assign]
 
     @property
     def session_id(self) -> str:
@@ -132,8 +135,10 @@ class WorkerRuntime:
         self.backend = backend_cls(self)
         self._handlers = backend_cls.commands()
         self._sequence = 0
-        self._batch = worker_pb2.WorkerFrame()
-        self._batch_events = self._batch.events.events
+        #: emitted, not yet framed: (kind, payload, time_ns); sequences are implicit,
+        #: the last one is ``_sequence``
+        self._unsent: list[tuple[str, bytes, int]] = []
+        self._unsent_bytes = 0
         self._flush_scheduled = False
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -150,13 +155,14 @@ class WorkerRuntime:
     # -- events ------------------------------------------------------------------------
 
     def emit(self, kind: str, payload: Any = None) -> int:
+        # The hot path: no protobuf work per event here, only at _flush (once per frame).
+        if payload.__class__ is not bytes:
+            payload = _encode_payload(payload)
         self._sequence += 1
-        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
-        event = self._batch_events.add(sequence=self._sequence, kind=kind,
-                                       payload=_encode_payload(payload))
-        event.time.seconds = seconds
-        event.time.nanos = nanos
-        if len(self._batch_events) >= BATCH_EVENTS:
+        unsent = self._unsent
+        unsent.append((kind, payload, time.time_ns()))
+        self._unsent_bytes += len(payload)
+        if len(unsent) >= BATCH_EVENTS or self._unsent_bytes >= BATCH_BYTES:
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
@@ -165,19 +171,27 @@ class WorkerRuntime:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        events = self._batch_events
-        if not events:
+        unsent = self._unsent
+        if not unsent:
             return
+        self._unsent = []
+        self._unsent_bytes = 0
+        frame = worker_pb2.WorkerFrame()
+        events = frame.events.events
+        add = events.add
+        sequence = self._sequence - len(unsent) + 1
+        for kind, payload, time_ns in unsent:
+            stamp = add(sequence=sequence, kind=kind, payload=payload).time
+            stamp.seconds, stamp.nanos = divmod(time_ns, 1_000_000_000)
+            sequence += 1
         if self._history is not None:
             self._history.extend(events)
         if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(protocol.encode(self._batch))
+            self._writer.write(protocol.encode(frame))
         else:
             if self._first_unsent == 0:
                 self._first_unsent = events[0].sequence
             self._dropped += len(events)
-        self._batch = worker_pb2.WorkerFrame()
-        self._batch_events = self._batch.events.events
 
     async def drain(self) -> None:
         self._flush()
@@ -235,6 +249,8 @@ class WorkerRuntime:
                 log.warning("worker %s: not adopted within %.0f s; exiting", self.session_id,
                             self._orphan_lifetime)
                 break
+            import random  # only orphans need it: kept off the session-open path
+
             pause = min(delay, deadline - now) * random.uniform(0.5, 1.0)
             delay = min(delay * 2, 5.0)
             try:
@@ -276,6 +292,7 @@ class WorkerRuntime:
                 history = worker_pb2.History(first_unsent=self._first_unsent)
                 history.events.extend(retained[i:i + HISTORY_CHUNK])
                 writer.write(protocol.encode(worker_pb2.WorkerFrame(history=history)))
+        writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._writer = writer
         self._dropped = 0
         self._first_unsent = 0

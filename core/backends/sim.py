@@ -11,11 +11,11 @@ import math
 import os
 from typing import Any
 
-from sessiongate.core.worker import Backend, CommandError, command
+from sessiongate.core.worker import BATCH_EVENTS, Backend, CommandError, command
 
 __all__ = ["Sim"]
 
-DRAIN_EVERY = 512
+DRAIN_EVERY = BATCH_EVENTS  # a full frame, then wait if the gateway is behind
 
 
 def _field(payload: Any, name: str, kind: type | tuple[type, ...], *, required: bool = True) -> Any:
@@ -98,11 +98,13 @@ class Sim(Backend):
             raise CommandError("'count' and 'size' must be >= 0")
         body = b"x" * size
         emit = self.emit
-        for i in range(count):
-            emit("burst", body)
-            if i % DRAIN_EVERY == DRAIN_EVERY - 1:
-                await self.drain()
-        await self.drain()
+        done = 0
+        while done < count:
+            n = min(DRAIN_EVERY, count - done)
+            for _ in range(n):
+                emit("burst", body)
+            done += n
+            await self.drain()
         return {"emitted": count}
 
     @command()
