@@ -63,6 +63,10 @@ class SessionManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.accepting = True
+        #: pre-started workers of the default backend: (their future session, worker)
+        self._spares: list[tuple[Session, WorkerHandle]] = []
+        self._spares_starting = 0
+        self.spare_count = int(self.settings.workers.spare_workers)
 
     # -- lookup ------------------------------------------------------------------------
 
@@ -84,6 +88,7 @@ class SessionManager:
 
     def start(self) -> None:
         self._sweeper = self.spawn(self._sweep(), "lease-sweeper")
+        self._refill_spares()
 
     async def _sweep(self) -> None:
         interval = float(self.settings.sessions.lease_sweep_interval_seconds)
@@ -161,33 +166,36 @@ class SessionManager:
             raise InvalidArgument(f"tag {tag!r} is not valid: 1 to 64 of a-z 0-9 . _ -, "
                                   "starting with a letter or digit")
         self.gateway.authorize(identity, "open", None)
-        session = Session(
-            session_id=new_session_id(), owner_key_id=identity.key_id, client_name=client_name,
-            backend=backend, tag=tag,
-            lease_seconds=lease_seconds or float(self.settings.sessions.default_lease_seconds),
-            on_state=self._on_state)
-        session.attributes["gateway"] = self.gateway
-        await self.hooks.veto("sg_session_open", session=session, identity=identity)
+        lease = lease_seconds or float(self.settings.sessions.default_lease_seconds)
+        spare = self._take_spare(backend)
+        session = spare[0] if spare else self._new_session(backend)
+        session.owner_key_id, session.client_name, session.tag = identity.key_id, client_name, tag
+        session.lease_seconds = lease
+        session.opened_wall = time.time()
+        session.touch()
+        try:
+            await self.hooks.veto("sg_session_open", session=session, identity=identity)
+        except BaseException:
+            if spare:
+                self._spares.insert(0, spare)  # unused: keep it for the next open
+            raise
         limit = int(self.settings.sessions.max_sessions)
         if len(self.live) >= limit:  # checked and claimed with no await in between
+            if spare:
+                self._spares.insert(0, spare)
             raise ResourceExhausted(f"{len(self.live)} sessions are open "
                                     f"(sessions.max_sessions = {limit})")
         self.live[session.session_id] = session
+        self._refill_spares()
         try:
             session.distributor = self.hooks.decide(
                 "sg_make_distributor", session=session, settings=self.settings)
-            socket_path = self.hooks.decide("sg_worker_endpoint", session=session,
-                                            runtime_dir=str(self.gateway.runtime_dir))
-            session.worker = WorkerHandle(
-                session_id=session.session_id, socket_path=socket_path,
-                config=self.worker_config, on_events=session.on_events, on_fault=session.fault,
-                on_exit=self.worker_exited(session))
-            await session.worker.start(
-                backend_spec=spec, backend_name=backend,
-                env_extra=self.gateway.worker_env(session),
-                options=session.attributes.get("worker_options"),
-                launch_hook=lambda argv, env: self.hooks.notify_sync(
-                    "sg_worker_launch", session=session, argv=argv, env=env))
+            if spare:
+                session.worker = spare[1]
+                self._bind(session)
+            else:
+                session.worker = await self._spawn_worker(session, spec)
+            await session.worker.go()
         except BaseException as exc:
             session.fault(getattr(exc, "message", None) or f"open failed: {exc!r}")
             if session.worker is None or session.worker.process is None:
@@ -201,6 +209,73 @@ class SessionManager:
         await self.hooks.notify("sg_session_opened", session=session)
         self._start_internal_subscribers(session)
         return session
+
+    # -- workers and spares --------------------------------------------------------------
+
+    def _new_session(self, backend: str) -> Session:
+        session = Session(
+            session_id=new_session_id(), owner_key_id="", client_name="", backend=backend,
+            tag="", lease_seconds=float(self.settings.sessions.default_lease_seconds),
+            on_state=self._on_state)
+        session.attributes["gateway"] = self.gateway
+        return session
+
+    def _bind(self, session: Session) -> None:
+        assert session.worker is not None
+        session.worker.bind(on_events=session.on_events, on_fault=session.fault,
+                            on_exit=self.worker_exited(session))
+
+    async def _spawn_worker(self, session: Session, spec: str) -> WorkerHandle:
+        socket_path = self.hooks.decide("sg_worker_endpoint", session=session,
+                                        runtime_dir=str(self.gateway.runtime_dir))
+        handle = WorkerHandle(
+            session_id=session.session_id, socket_path=socket_path, config=self.worker_config,
+            on_events=session.on_events, on_fault=session.fault,
+            on_exit=self.worker_exited(session))
+        session.worker = handle
+        await handle.spawn(
+            backend_spec=spec, backend_name=session.backend,
+            env_extra=self.gateway.worker_env(session),
+            options=session.attributes.get("worker_options"),
+            launch_hook=lambda argv, env: self.hooks.notify_sync(
+                "sg_worker_launch", session=session, argv=argv, env=env))
+        return handle
+
+    def _take_spare(self, backend: str) -> tuple[Session, WorkerHandle] | None:
+        """A pre-started worker for ``backend`` (already past its imports), if any."""
+        while self._spares:
+            session, handle = self._spares.pop(0)
+            if handle.lost_reason or handle.returncode is not None:
+                continue  # died while waiting; its reaper logged why
+            if session.backend == backend:
+                return session, handle
+            self._spares.append((session, handle))
+            return None
+        return None
+
+    def _refill_spares(self) -> None:
+        if self.accepting and len(self._spares) + self._spares_starting < self.spare_count:
+            self._spares_starting += 1
+            self.spawn(self._make_spare(), "spare-worker")
+
+    async def _make_spare(self) -> None:
+        """Start a worker ahead of its session, so opening one skips the process start-up."""
+        backend = str(self.settings.workers.backend)
+        session = self._new_session(backend)
+        try:
+            handle = await self._spawn_worker(session, self.gateway.backends[backend])
+        except Exception:
+            log.exception("could not start a spare worker; sessions start cold")
+            return
+        finally:
+            self._spares_starting -= 1
+
+        def lost(reason: str) -> None:
+            log.warning("spare worker pid %s lost: %s", handle.pid, reason)
+            self._spares = [(s, h) for s, h in self._spares if h is not handle]
+
+        handle.bind(on_events=lambda events: None, on_fault=lost)
+        self._spares.append((session, handle))
 
     async def restore(self, *, session_id: str, owner_key_id: str, client_name: str,
                       backend: str, tag: str, lease_seconds: float, socket_path: str,
@@ -299,6 +374,9 @@ class SessionManager:
         self.accepting = False
         if self._sweeper is not None:
             self._sweeper.cancel()
+        spares, self._spares = self._spares, []
+        await asyncio.gather(*(h.stop("not needed") for _s, h in spares),
+                             return_exceptions=True)
         sessions = list(self.live.values())
         for session in sessions:
             if session.state not in ENDED:

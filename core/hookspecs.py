@@ -303,7 +303,10 @@ def sg_worker_endpoint(session: Session, runtime_dir: str) -> str | None:
 def sg_worker_launch(session: Session, argv: list[str], env: dict[str, str]) -> None:
     """The worker process is about to be started; ``argv`` and ``env`` may be changed.
 
-    Never log ``env``: it carries the session's nonce.
+    The worker may be started ahead of its session (a spare, ``workers.spare_workers``):
+    then only ``session.session_id``, ``session.backend`` and the gateway are known;
+    owner, tag and client name are set when a client opens the session. Never log
+    ``env``: it carries the session's nonce.
 
     Kind: observer, sync. Called from: ``sessiongate.core.workers.launch``.
     """

@@ -40,6 +40,9 @@ BACKEND_ENV = "SESSIONGATE_WORKER_BACKEND"
 MARKER_ENV = "SESSIONGATE_WORKER_MARKER"
 MAX_FRAME_ENV = "SESSIONGATE_WORKER_MAX_FRAME"
 OPTIONS_ENV = "SESSIONGATE_WORKER_OPTIONS"
+#: "1": after importing everything, wait for one byte on stdin before connecting
+#: (a spare worker started ahead of its session; EOF instead means "not needed, exit")
+GO_ENV = "SESSIONGATE_WORKER_WAIT_GO"
 
 
 class FrameError(Exception):

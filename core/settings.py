@@ -193,6 +193,9 @@ def core_settings() -> list[Setting]:
         positive_number("workers.heartbeat_timeout_seconds",
                         "Silence from a worker for this long faults its session."),
         string("workers.python", "Python interpreter for workers; empty: the gateway's own."),
+        non_negative_int("workers.spare_workers",
+                         "Workers of the default backend started ahead of time, so an open "
+                         "skips the worker's start-up (0: start each on demand)."),
     ]
 
 

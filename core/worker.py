@@ -384,5 +384,7 @@ def main() -> int:
         print(f"sessiongate worker: bad environment: {exc!r}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when we stop
+    if env.get(protocol.GO_ENV) == "1" and not os.read(0, 1):
+        return 0  # a spare the gateway no longer needs (or the gateway is gone)
     return asyncio.run(runtime.run())
 

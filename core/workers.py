@@ -120,12 +120,22 @@ class WorkerHandle:
         self._server = await asyncio.start_unix_server(self._on_connect, path=self.socket_path)
         os.chmod(self.socket_path, 0o600)
 
-    async def start(self, *, backend_spec: str, backend_name: str, env_extra: dict[str, str],
+    def bind(self, *, on_events: Callable[[list[Any]], None], on_fault: Callable[[str], None],
+             on_exit: Callable[[int, int | None], None] | None = None,
+             on_frame: Callable[[worker_pb2.WorkerFrame], None] | None = None) -> None:
+        """Point a spare worker at the session that takes it."""
+        self._on_events, self._on_fault = on_events, on_fault
+        self._on_exit, self._on_frame = on_exit, on_frame
+
+    async def spawn(self, *, backend_spec: str, backend_name: str, env_extra: dict[str, str],
                     launch_hook: Callable[[list[str], dict[str, str]], None],
                     options: dict[str, Any] | None = None) -> None:
-        """Spawn the worker and wait until it is Ready (or fail with a clear reason)."""
+        """Start the worker process; it imports everything, then waits for :meth:`go`.
+
+        The nonce goes into the worker's environment; the gateway keeps only its digest.
+        """
         nonce = secrets.token_bytes(32)
-        await self.listen(nonce_digest(nonce))
+        self.nonce_digest = nonce_digest(nonce)
         argv = [self.config.python, "-m", WORKER_MODULE]
         env = dict(os.environ)
         env.update(env_extra)
@@ -136,19 +146,36 @@ class WorkerHandle:
             protocol.BACKEND_ENV: backend_spec,
             protocol.MAX_FRAME_ENV: str(self.config.max_frame),
             protocol.OPTIONS_ENV: json.dumps({"backend_name": backend_name, **(options or {})}),
+            protocol.GO_ENV: "1",
         })
         del nonce
         launch_hook(argv, env)
         self.started_at = time.monotonic()
         self.process = await asyncio.create_subprocess_exec(
-            *argv, env=env, stdin=asyncio.subprocess.DEVNULL,
+            *argv, env=env, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.DEVNULL, start_new_session=True)
         env.clear()
         self.pid = self.process.pid
         log.info("session %s: worker started (pid %d, backend %s)", self.session_id, self.pid,
                  backend_name)
         self._spawn_task(self._reap(), "reap")
+
+    async def go(self) -> None:
+        """Open the socket, let the worker connect, wait until it is Ready."""
+        assert self.process is not None and self.process.stdin is not None
+        await self.listen(self.nonce_digest)
+        try:
+            self.process.stdin.write(b"g")
+            await self.process.stdin.drain()
+            self.process.stdin.close()
+        except (ConnectionError, RuntimeError):
+            pass  # it died while waiting: the reaper reports why, wait_ready raises
         await self.wait_ready(self.config.start_timeout)
+
+    async def start(self, **spawn_args: Any) -> None:
+        """Spawn and go at once (no spare was at hand)."""
+        await self.spawn(**spawn_args)
+        await self.go()
 
     async def expect(self, *, nonce_digest_: bytes, pid: int, create_time: float) -> None:
         """Listen for a worker started by an earlier gateway instance (its Adopt frame)."""
@@ -370,6 +397,8 @@ class WorkerHandle:
                 self._writer.write(protocol.encode(worker_pb2.WorkerFrame(
                     shutdown=worker_pb2.Shutdown(reason=reason))))
         proc = self.process
+        if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.close()  # a spare still waiting for "go" exits on EOF
         if proc is not None and self.returncode is None:
             for sig, wait in ((None, self.config.stop_timeout), (signal.SIGTERM, 2.0),
                               (signal.SIGKILL, 5.0)):
