@@ -15,6 +15,7 @@ import hmac
 import json
 import os
 import pathlib
+import re
 import secrets
 import time
 from typing import Any
@@ -27,6 +28,9 @@ __all__ = ["ADMIN_SCOPE", "KEY_PREFIX", "Identity", "KeyStore", "parse_bearer"]
 
 ADMIN_SCOPE = "sessions:admin"
 KEY_PREFIX = "sg"
+#: a session tag, and the read-only tags a key may hold
+TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+SCOPE_PATTERN = re.compile(r"[a-z0-9][a-z0-9:._-]{0,63}")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
     key_id      TEXT PRIMARY KEY,
@@ -110,6 +114,13 @@ class KeyStore:
         """Create a key; returns ``(key_id, full_key)``. The full key is never stored."""
         if not name.strip():
             raise InvalidArgument("a key needs a non-empty name")
+        for tag in tags:
+            if not TAG_PATTERN.fullmatch(tag):
+                raise InvalidArgument(f"tag {tag!r} is not valid: 1 to 64 of a-z 0-9 . _ -, "
+                                      "starting with a letter or digit")
+        for scope in scopes:
+            if not SCOPE_PATTERN.fullmatch(scope):
+                raise InvalidArgument(f"scope {scope!r} is not valid (e.g. sessions:admin)")
         key_id = secrets.token_hex(6)
         secret = secrets.token_urlsafe(32)
         async with self._write_lock:

@@ -13,7 +13,6 @@ import collections
 import logging
 import os
 import pathlib
-import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -22,7 +21,7 @@ from typing import Any
 import pluggy
 
 from sessiongate.core import terminator
-from sessiongate.core.auth import ADMIN_SCOPE, Identity, KeyStore, parse_bearer
+from sessiongate.core.auth import ADMIN_SCOPE, TAG_PATTERN, Identity, KeyStore, parse_bearer
 from sessiongate.core.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -46,7 +45,6 @@ log = logging.getLogger("sessiongate.gateway")
 BOOTSTRAP_KEY_FILE = "bootstrap-admin.key"
 TOMBSTONES = 1024
 MAX_CLIENT_NAME = 256
-TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 class SessionManager:
