@@ -13,16 +13,14 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import os
 import pathlib
 import re
 import secrets
 import time
 from typing import Any
 
-import aiosqlite
-
 from sessiongate.core.errors import InvalidArgument, NotFound, Unauthenticated
+from sessiongate.core.storage import SqliteStore
 
 __all__ = ["ADMIN_SCOPE", "KEY_PREFIX", "Identity", "KeyStore", "parse_bearer"]
 
@@ -75,39 +73,14 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-class KeyStore:
-    """API keys in ``state_dir/keys.sqlite3`` (WAL; one connection; writes serialised)."""
+class KeyStore(SqliteStore):
+    """API keys in ``state_dir/keys.sqlite3``; writes serialised by one lock."""
+
+    SCHEMA = SCHEMA
 
     def __init__(self, path: pathlib.Path) -> None:
-        self.path = path
-        self._db: aiosqlite.Connection | None = None
+        super().__init__(path)
         self._write_lock = asyncio.Lock()
-
-    async def open(self) -> KeyStore:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, timeout=5, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute(SCHEMA)
-        os.chmod(self.path, 0o600)
-        return self
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    async def __aenter__(self) -> KeyStore:
-        return await self.open()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("key store is not open")
-        return self._db
 
     async def create(self, name: str, *, scopes: list[str] | tuple[str, ...] = (),
                      tags: list[str] | tuple[str, ...] = ()) -> tuple[str, str]:

@@ -155,11 +155,17 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _secret_keys(pm: Any) -> set[str]:
+def _secret_keys(settings: Any, pm: Any) -> set[str]:
+    """Keys to redact: rules flagged ``secret`` and what ``sg_secret_settings`` names."""
     from sessiongate.core.plugins import Hooks
+    from sessiongate.core.settings import core_settings
 
-    keys: set[str] = set()
-    for names in Hooks(pm).collect("sg_secret_settings"):
+    hooks = Hooks(pm)
+    rules = list(core_settings())
+    for contributed in hooks.collect("sg_add_validators", settings=settings):
+        rules.extend(contributed)
+    keys = {rule.key for rule in rules if rule.secret}
+    for names in hooks.collect("sg_secret_settings"):
         keys.update(names)
     return keys
 
@@ -168,7 +174,7 @@ def _check_config(args: argparse.Namespace) -> int:
     from sessiongate.core.settings import redacted
 
     settings, pm = _load(args)
-    for key, value in redacted(settings, _secret_keys(pm)).items():
+    for key, value in redacted(settings, _secret_keys(settings, pm)).items():
         print(f"{key} = {json.dumps(value, default=str)}")
     print("settings are valid", file=sys.stderr)
     return 0

@@ -173,16 +173,15 @@ class SessionManager:
         session.touch()
         try:
             await self.hooks.veto("sg_session_open", session=session, identity=identity)
+            limit = int(self.settings.sessions.max_sessions)
+            if len(self.live) >= limit:  # checked and claimed with no await in between
+                raise ResourceExhausted(f"{len(self.live)} sessions are open "
+                                        f"(sessions.max_sessions = {limit})")
         except BaseException:
-            if spare:
-                self._spares.insert(0, spare)  # unused: keep it for the next open
+            if spare:  # its id and attributes were shown to plugins: never reuse them
+                self.spawn(spare[1].stop("open refused"), "spare-stop")
+                self._refill_spares()
             raise
-        limit = int(self.settings.sessions.max_sessions)
-        if len(self.live) >= limit:  # checked and claimed with no await in between
-            if spare:
-                self._spares.insert(0, spare)
-            raise ResourceExhausted(f"{len(self.live)} sessions are open "
-                                    f"(sessions.max_sessions = {limit})")
         self.live[session.session_id] = session
         self._refill_spares()
         try:
@@ -252,7 +251,7 @@ class SessionManager:
         return None
 
     def _refill_spares(self) -> None:
-        if self.accepting and len(self._spares) + self._spares_starting < self.spare_count:
+        while self.accepting and len(self._spares) + self._spares_starting < self.spare_count:
             self._spares_starting += 1
             self.spawn(self._make_spare(), "spare-worker")
 
@@ -273,6 +272,9 @@ class SessionManager:
             self._spares = [(s, h) for s, h in self._spares if h is not handle]
 
         handle.bind(on_events=lambda events: None, on_fault=lost)
+        if not self.accepting:  # shutdown began while it started: shutdown won't see it
+            await handle.stop("not needed")
+            return
         self._spares.append((session, handle))
 
     async def restore(self, *, session_id: str, owner_key_id: str, client_name: str,
@@ -322,6 +324,8 @@ class SessionManager:
                     log.exception("session %s: internal subscriber %s not attached",
                                   session.session_id, name)
                     continue
+                self.hooks.notify_sync("sg_subscriber_attached", session=session,
+                                       subscription=sub)
                 session.spawn(self._run_internal(session, consumer, sub), f"internal-{name}")
 
     @staticmethod
@@ -372,6 +376,9 @@ class SessionManager:
         self.accepting = False
         if self._sweeper is not None:
             self._sweeper.cancel()
+        # spares still starting: let them finish (they stop themselves now), never cancel
+        await asyncio.gather(*(t for t in list(self._tasks) if t.get_name() == "spare-worker"),
+                             return_exceptions=True)
         spares, self._spares = self._spares, []
         await asyncio.gather(*(h.stop("not needed") for _s, h in spares),
                              return_exceptions=True)

@@ -115,9 +115,10 @@ def sg_startup(gateway: Gateway) -> None:
 
 @hookspec
 def sg_shutdown(gateway: Gateway) -> None:
-    """The gateway is stopping: no new calls; sessions are about to be closed.
+    """The gateway is stopping: no new calls are accepted and every session has ended
+    (closed, or its worker released for adoption).
 
-    Plugins cancel and await the tasks they own.
+    Plugins cancel and await the tasks they own and close what they opened.
 
     Kind: observer, may be async. Called from: ``Gateway.stop``.
     """
@@ -130,9 +131,10 @@ def sg_shutdown(gateway: Gateway) -> None:
 
 @hookspec
 def sg_session_open(session: Session, identity: Identity) -> None:
-    """A client asks for a new session; its worker is not started yet.
+    """A client asks for a new session; it is not registered and its worker not connected.
 
-    Veto by raising a :class:`~sessiongate.core.errors.GatewayError` (e.g.
+    (The worker process may already run as a spare; a refused session's id is never
+    reused.) Veto by raising a :class:`~sessiongate.core.errors.GatewayError` (e.g.
     ``InvalidArgument`` for a bad tag, ``PermissionDenied``). The session's fields
     (``tag``, ``client_name``, ``backend``, ``owner_key_id``) are set.
 
@@ -215,7 +217,7 @@ def sg_make_distributor(session: Session, settings: Settings) -> Distributor | N
 
     Stops at first non-None result. Core's own implementation (``trylast``) returns
     the single-subscriber distributor; the fanout plugin returns its many-subscriber
-    one. Called once per session, before its worker starts, so no event is lost.
+    one. Called once per session, before its worker connects, so no event is lost.
 
     Kind: decision, sync. Called from: ``Session.__init__`` via ``SessionManager``.
     """
@@ -256,10 +258,11 @@ def sg_subscriber_attach(session: Session, identity: Identity, request: Any) -> 
 
 @hookspec
 def sg_subscriber_attached(session: Session, subscription: Subscription) -> None:
-    """A subscription is registered with the session's distributor.
+    """A subscription is registered with the session's distributor (a client's stream,
+    or an internal subscriber from :func:`sg_internal_subscribers`).
 
-    Kind: observer, sync (called inside registration; must not block).
-    Called from: ``Session.subscribe``.
+    Kind: observer, sync (must not block).
+    Called from: the ``StreamEvents`` handler; ``SessionManager`` for internal ones.
     """
 
 
@@ -292,8 +295,9 @@ def sg_internal_subscribers(session: Session) -> Sequence[Any]:
 def sg_worker_endpoint(session: Session, runtime_dir: str) -> str | None:
     """Choose the Unix socket path for the session's worker.
 
-    Stops at first non-None result. Core's default (``trylast``) derives it from a
-    per-process instance id and the session id.
+    Stops at first non-None result. Core's default (``trylast``) derives it from the
+    gateway's instance id and the session id. Also called for spare workers, whose
+    session may never be opened.
 
     Kind: decision, sync. Called from: ``SessionManager.open``.
     """
@@ -326,7 +330,7 @@ def sg_worker_release(session: Session) -> bool | None:
 
 @hookspec
 def sg_worker_exited(session: Session, pid: int, returncode: int | None) -> None:
-    """The session's worker process has exited (or was lost with its connection).
+    """The worker process of an opened session has exited (not called for unused spares).
 
     Kind: observer, may be async. Called from: ``WorkerHandle`` when it is reaped.
     """

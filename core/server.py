@@ -281,6 +281,11 @@ async def _set_health(servicer: Any, status: Any) -> None:
 
 async def serve(gateway: Gateway, *, ready: Callable[[str], None] | None = None) -> None:
     """Start, run until SIGINT/SIGTERM, then shut down gracefully."""
+    # handlers first: a signal right after "listening on" must not kill the process
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     await gateway.start()
     server = GrpcServer(gateway)
     try:
@@ -290,10 +295,6 @@ async def serve(gateway: Gateway, *, ready: Callable[[str], None] | None = None)
         raise
     if ready is not None:
         ready(address)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
         log.info("shutting down")

@@ -49,6 +49,8 @@ SETTINGS_FILE_ENV = "SESSIONGATE_SETTINGS_FILE"
 ENV_ONLY = frozenset({"settings_file", "disabled_plugins", "trace_hooks", "client_key",
                       "client_server"})
 REDACTED = "***"
+#: redacted even when no loaded plugin declares it (a disabled plugin declares nothing)
+SECRET_NAME = re.compile(r"(?:^|_)(?:password|passphrase|secret|private_key)$")
 
 Settings = Dynaconf
 
@@ -71,6 +73,9 @@ class Setting:
     :param effect: one sentence for the deployer's guide.
     :param secret: redacted by ``check-config`` and never logged.
     :param when: the rule only applies when this dotted boolean key is true.
+    :param required: the key must exist (shipped defaults have every built-in key);
+        ``False`` with ``default`` suits third-party plugins' keys.
+    :param default: the value used when the key is absent (only with ``required=False``).
     """
 
     key: str
@@ -79,20 +84,26 @@ class Setting:
     effect: str
     secret: bool = False
     when: str | None = None
+    required: bool = True
+    default: Any = None
 
     def validator(self) -> Validator:
         """The dynaconf ``Validator`` enforcing this rule, with a message naming all three."""
-        message = f"{self.key} = {{value!r}}: must be {self.rule}"
+        # dynaconf str.format()s the messages: braces in a rule ("{username}") are literal
+        rule = self.rule.replace("{", "{{").replace("}", "}}")
+        message = f"{self.key} = {{value!r}}: must be {rule}"
         kwargs: dict[str, Any] = {
-            "must_exist": True,
+            "must_exist": True if self.required else None,
             "condition": self.check,
             "messages": {
-                "must_exist_true": f"{self.key} is missing: must be {self.rule}",
+                "must_exist_true": f"{self.key} is missing: must be {rule}",
                 "condition": message,
             },
         }
         if self.when:
             kwargs["when"] = Validator(self.when, eq=True)
+        if not self.required:
+            kwargs["default"] = self.default
         return Validator(self.key, **kwargs)
 
 
@@ -262,7 +273,12 @@ def load_settings(
     settings = _dynaconf(config_file)
     problems: list[str] = []
     rules = core_settings()
-    switches = [boolean(f"plugins.{name}.enabled", f"Switches the {name} plugin on or off.")
+    from sessiongate.core.plugins import BUILTIN_PLUGINS
+
+    # Built-in switches are shipped in the defaults; a third-party plugin's table may
+    # leave its switch out (it is on when installed).
+    switches = [boolean(f"plugins.{name}.enabled", f"Switches the {name} plugin on or off.",
+                        required=name in BUILTIN_PLUGINS, default=True)
                 for name in _plugin_names(settings)]
     problems += _problems(settings, rules + switches)
     if plugin_rules is not None and not any(p.startswith("plugins.") and ".enabled" in p
@@ -291,7 +307,8 @@ def redacted(settings: Dynaconf, secret_keys: Iterable[str]) -> dict[str, Any]:
     """The effective settings as a flat dict with every secret replaced by ``***``."""
     secrets = set(secret_keys)
     flat = {k: v for k, v in flatten(settings.as_dict()).items() if k not in ENV_ONLY}
-    return {k: (REDACTED if k in secrets and v not in ("", None) else v)
+    return {k: (REDACTED if (k in secrets or SECRET_NAME.search(k.rsplit(".", 1)[-1]))
+                and v not in ("", None) else v)
             for k, v in sorted(flat.items())}
 
 

@@ -15,6 +15,7 @@ third-party plugin authors can do the same.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
@@ -187,6 +188,11 @@ async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Async
     finally:
         for handle in reversed(handles):
             await handle.stop()
+        # With reattach on, a graceful stop leaves workers running for the next gateway
+        # on this state dir; no test wants them to outlive it.
+        from sessiongate.core.terminator import home_marker, terminate_leftovers
+
+        await terminate_leftovers(home_marker(tmp_path / "state"))
 
 
 class GatewayProcess:
@@ -279,6 +285,12 @@ def gateway_process(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Iterator
                     proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        from sessiongate.core.terminator import home_marker, leftover_workers
+
+        for worker in leftover_workers(home_marker(tmp_path / "state")):
+            with contextlib.suppress(Exception):
+                worker.kill()
+                worker.wait(10)
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> None:

@@ -5,4 +5,4 @@ See :mod:`sessiongate.core.client`; ``follow()`` resumes broken streams by itsel
 
 from sessiongate.core.client import GapNotice, GatewayClient, Reconnecting, connect, info_json
 
-__all__ = ["connect", "GatewayClient", "GapNotice", "Reconnecting", "info_json"]
+__all__ = ["GapNotice", "GatewayClient", "Reconnecting", "connect", "info_json"]

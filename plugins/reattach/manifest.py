@@ -8,11 +8,9 @@ SHA-256 digest.
 from __future__ import annotations
 
 import dataclasses
-import os
-import pathlib
 import time
 
-import aiosqlite
+from sessiongate.core.storage import SqliteStore
 
 __all__ = ["Entry", "Manifest"]
 
@@ -49,29 +47,8 @@ class Entry:
     nonce_digest: bytes
 
 
-class Manifest:
-    def __init__(self, path: pathlib.Path) -> None:
-        self.path = path
-        self._db: aiosqlite.Connection | None = None
-
-    async def open(self) -> Manifest:
-        self._db = await aiosqlite.connect(self.path, timeout=5, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute(SCHEMA)
-        os.chmod(self.path, 0o600)
-        return self
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("manifest is not open")
-        return self._db
+class Manifest(SqliteStore):
+    SCHEMA = SCHEMA
 
     async def entries(self) -> list[Entry]:
         rows = await self.db.execute_fetchall(

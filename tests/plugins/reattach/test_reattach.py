@@ -111,7 +111,7 @@ async def test_kill_9_restart_readopts_sessions_without_losing_events(tmp_path,
     assert a not in {r[0] for r in manifest_rows(tmp_path)}
 
 
-@pytest.mark.requires_plugin("reattach")
+@pytest.mark.requires_plugin("reattach", "fanout", "reconnect")
 async def test_events_produced_while_orphaned_reach_resuming_subscribers(tmp_path,
                                                                           gateway_process):
     first = gateway_process(**REATTACH)

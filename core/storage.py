@@ -1,0 +1,54 @@
+"""One SQLite file behind aiosqlite, the way every sessiongate store opens it.
+
+WAL (readers never block the writer; a crashed process loses nothing committed),
+``synchronous=NORMAL``, autocommit (``isolation_level=None``: a write is one
+statement or an explicit ``BEGIN IMMEDIATE``), a 5 s busy timeout for another
+process sharing the file (the CLI's ``keys`` commands), mode 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Self
+
+import aiosqlite
+
+__all__ = ["SqliteStore"]
+
+
+class SqliteStore:
+    """Subclasses set ``SCHEMA`` (idempotent DDL) and use :attr:`db`."""
+
+    SCHEMA = ""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, timeout=5, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        if self.SCHEMA:
+            await self._db.executescript(self.SCHEMA)
+        os.chmod(self.path, 0o600)
+        return self
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError(f"{type(self).__name__} is not open")
+        return self._db

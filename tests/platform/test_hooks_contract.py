@@ -1,0 +1,707 @@
+"""Hook contract: every hookspec is called at its documented moment with its arguments.
+
+One ``test_hook_<name>`` per hookspec in ``core/hookspecs.py`` (a meta-test at the
+end enforces that). Each registers a small plugin through
+``make_gateway(extra_plugins=(plugin,))`` - a real gateway, real workers, a real
+gRPC server - and records what core passed and in which state.
+
+These run in every tox env, whatever built-in plugins are on: the test plugin's
+implementations are ``tryfirst`` and decision hooks answer with a non-``None``
+value where the outcome must not depend on the env's plugins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import os
+import sys
+import types
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+
+from sessiongate.core import hookimpl, hookspecs, protocol
+from sessiongate.core import plugins as plugin_host
+from sessiongate.core.auth import Identity
+from sessiongate.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from sessiongate.core.events import Distributor, Subscription
+from sessiongate.core.session import SessionState
+from sessiongate.core.settings import Setting, SettingsError
+from sessiongate.core.testing import write_config
+
+first = hookimpl(tryfirst=True)
+TIMEOUT = 15.0
+#: hooks around a session's start run whether its worker starts cold or as a spare
+SPARES = pytest.mark.parametrize("spares", [{"workers.spare_workers": 0},
+                                            {"workers.spare_workers": 1}],
+                                 ids=["cold", "spare"])
+
+
+def plugin(*impls: Any, name: str = "contract") -> Any:
+    """A plugin object made of the given ``@hookimpl`` functions."""
+    obj = types.SimpleNamespace(__name__=name)
+    for impl in impls:
+        setattr(obj, impl.__name__, impl)
+    return obj
+
+
+def spec_args(name: str) -> list[str]:
+    return list(inspect.signature(getattr(hookspecs, name)).parameters)
+
+
+def impl_args(func: Any) -> list[str]:
+    return list(inspect.signature(func).parameters)
+
+
+async def wait(event: asyncio.Event) -> None:
+    await asyncio.wait_for(event.wait(), TIMEOUT)
+
+
+async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await awaitable
+    return info.value
+
+
+def _exists(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# -- boot ----------------------------------------------------------------------------------
+
+
+def test_hook_sg_add_validators(tmp_path):
+    """Called once at load with the phase-1 settings; its failures join core's (exit 2)."""
+    seen: list[Any] = []
+
+    @hookimpl
+    def sg_add_validators(settings):
+        seen.append(settings.sessions.max_sessions)
+        return [Setting("sessions.max_sessions", "at most 5 (contract)",
+                        lambda v: v <= 5, "contract rule")]
+
+    assert impl_args(sg_add_validators) == spec_args("sg_add_validators")
+    ok = write_config(tmp_path / "ok.toml", {"sessions.max_sessions": 3})
+    settings, _pm = plugin_host.load(str(ok), extra_plugins=(plugin(sg_add_validators),))
+    assert seen == [3]
+    assert settings.sessions.max_sessions == 3
+
+    bad = write_config(tmp_path / "bad.toml", {"sessions.max_sessions": 10,
+                                               "events.queue_capacity": 0})
+    with pytest.raises(SettingsError) as error:
+        plugin_host.load(str(bad), extra_plugins=(plugin(sg_add_validators),))
+    problems = error.value.problems
+    assert any("events.queue_capacity = 0" in p for p in problems), problems
+    assert any("sessions.max_sessions = 10" in p and "at most 5" in p for p in problems)
+
+
+def test_hook_sg_secret_settings(tmp_path, monkeypatch, capsys):
+    """``check-config`` redacts the keys the hook names."""
+    from sessiongate.core import cli
+
+    @first
+    def sg_secret_settings():
+        return ["workers.backend"]
+
+    assert impl_args(sg_secret_settings) == spec_args("sg_secret_settings")
+    monkeypatch.setattr(plugin_host, "load", functools.partial(
+        plugin_host.load, extra_plugins=(plugin(sg_secret_settings),)))
+    config = write_config(tmp_path / "s.toml", {"state_dir": str(tmp_path / "state")})
+    assert cli.main(["check-config", "--config", str(config)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert 'workers.backend = "***"' in out
+    assert "sessions.max_sessions = 1000" in out
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_worker_backends(make_gateway):
+    """Collected when the gateway is built; a session may then name the backend."""
+    calls = []
+
+    @first
+    def sg_worker_backends():
+        calls.append(True)
+        return {"contract-sim": "sessiongate.core.backends.sim:Sim"}
+
+    assert impl_args(sg_worker_backends) == spec_args("sg_worker_backends")
+    gw = await make_gateway(extra_plugins=(plugin(sg_worker_backends),))
+    assert calls == [True]
+    assert gw.gateway.backends["contract-sim"] == "sessiongate.core.backends.sim:Sim"
+    client = gw.client()
+    info = await client.open(backend="contract-sim")
+    assert info.backend == "contract-sim"
+    assert await client.invoke_json(info.session_id, "echo", [1]) == [1]
+    error = await rpc_error(client.open(backend="nope"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "contract-sim" in error.details()
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_startup(make_gateway):
+    """Awaited during ``Gateway.start``: storage open, before the server accepts calls."""
+    seen: dict[str, Any] = {}
+
+    @first
+    async def sg_startup(gateway):
+        seen["gateway"] = gateway
+        seen["keys"] = await gateway.keys.count()  # storage is open
+        seen["sessions"] = dict(gateway.sessions.live)
+        await asyncio.sleep(0)  # may be async: awaited before start() returns
+
+    assert impl_args(sg_startup) == spec_args("sg_startup")
+    gw = await make_gateway(extra_plugins=(plugin(sg_startup),))
+    assert seen["gateway"] is gw.gateway
+    assert seen["keys"] >= 1  # the bootstrap admin key was created just before
+    assert seen["sessions"] == {}
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_shutdown(make_gateway):
+    """Awaited during ``Gateway.stop``, once, when no new session is accepted any more."""
+    seen: list[Any] = []
+
+    @first
+    async def sg_shutdown(gateway):
+        seen.append((gateway, gateway.sessions.accepting))
+
+    assert impl_args(sg_shutdown) == spec_args("sg_shutdown")
+    gw = await make_gateway(extra_plugins=(plugin(sg_shutdown),))
+    await gw.client().open()
+    assert seen == []
+    await gw.stop()
+    assert seen == [(gw.gateway, False)]
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+
+@SPARES
+@pytest.mark.asyncio
+async def test_hook_sg_session_open(make_gateway, spares):
+    """Before the worker starts, fields set; a GatewayError vetoes with its status code."""
+    seen: list[dict[str, Any]] = []
+
+    @first
+    async def sg_session_open(session, identity):
+        await asyncio.sleep(0)  # may be async
+        gateway = session.attributes["gateway"]
+        seen.append({"state": session.state, "live": session.session_id in gateway.sessions.live,
+                     "client_name": session.client_name, "tag": session.tag,
+                     "backend": session.backend, "owner": session.owner_key_id,
+                     "identity": identity.key_id})
+        if session.client_name == "refused":
+            raise InvalidArgument("contract: refused by a plugin")
+
+    assert impl_args(sg_session_open) == spec_args("sg_session_open")
+    gw = await make_gateway(extra_plugins=(plugin(sg_session_open),), **spares)
+    client = gw.client()
+    info = await client.open(client_name="ok", tag="t1")
+    # (its worker may already run: a spare, workers.spare_workers, waiting for "go")
+    assert seen[0] == {"state": SessionState.OPENING, "live": False, "client_name": "ok",
+                       "tag": "t1", "backend": "sim", "owner": info.owner_key_id,
+                       "identity": info.owner_key_id}
+    error = await rpc_error(client.open(client_name="refused"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "contract: refused by a plugin"
+    assert len(seen) == 2
+    assert [s.client_name for s in gw.gateway.sessions.live.values()] == ["ok"]
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_session_opened(make_gateway):
+    """Once the worker is Ready and the session READY, before OpenSession returns."""
+    seen: list[Any] = []
+
+    @first
+    async def sg_session_opened(session):
+        seen.append((session.session_id, session.state, session.worker.pid))
+
+    assert impl_args(sg_session_opened) == spec_args("sg_session_opened")
+    gw = await make_gateway(extra_plugins=(plugin(sg_session_opened),))
+    info = await gw.client().open()
+    session = gw.gateway.sessions.get(info.session_id)
+    assert seen == [(info.session_id, SessionState.READY, session.worker.pid)]
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_session_state_changed(make_gateway):
+    """Every transition, synchronously inside it (the session already has the new state)."""
+    seen: list[tuple[str, str, str, str]] = []
+
+    @first
+    def sg_session_state_changed(session, old, new, reason):
+        assert session.state == new
+        seen.append((session.session_id, old, new, reason))
+
+    assert impl_args(sg_session_state_changed) == spec_args("sg_session_state_changed")
+    gw = await make_gateway(extra_plugins=(plugin(sg_session_state_changed),))
+    client = gw.client()
+    sid = (await client.open()).session_id
+    await client.close(sid)
+    mine = [(old, new) for s, old, new, _r in seen if s == sid]
+    assert mine == [("OPENING", "READY"), ("READY", "CLOSING"), ("CLOSING", "CLOSED")]
+    assert all(r for s, _o, new, r in seen if s == sid and new in ("CLOSING", "CLOSED"))
+
+    crashed = (await client.open()).session_id
+    await rpc_error(client.invoke_json(crashed, "fail", {"exit_code": 3}))
+    session = gw.gateway.sessions.get(crashed)
+    await asyncio.wait_for(session.ended.wait(), TIMEOUT)
+    faults = [(old, new, r) for s, old, new, r in seen if s == crashed and new == "FAULTED"]
+    assert len(faults) == 1 and faults[0][0] == "READY" and faults[0][2]
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_session_closed(make_gateway):
+    """Once per session, when it reached CLOSED or FAULTED, with a reason for people."""
+    seen: list[tuple[str, str, str]] = []
+    closed = asyncio.Event()
+
+    @first
+    async def sg_session_closed(session, reason):
+        seen.append((session.session_id, session.state, reason))
+        closed.set()
+
+    assert impl_args(sg_session_closed) == spec_args("sg_session_closed")
+    gw = await make_gateway(extra_plugins=(plugin(sg_session_closed),))
+    client = gw.client()
+    sid = (await client.open()).session_id
+    await client.close(sid)
+    await client.close(sid)  # idempotent: not a second call
+    assert seen == [(sid, SessionState.CLOSED, seen[0][2])]
+    assert seen[0][2]
+
+    closed.clear()
+    crashed = (await client.open()).session_id
+    await rpc_error(client.invoke_json(crashed, "fail", {"exit_code": 3}))
+    await wait(closed)
+    assert seen[1][0] == crashed
+    assert seen[1][1] in (SessionState.CLOSED, SessionState.FAULTED)
+    assert "3" in seen[1][2]
+
+
+# -- identity ------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_authenticate(make_gateway):
+    """Called with the text after ``Bearer``; None lets core check API keys."""
+    seen: list[str] = []
+
+    @first
+    def sg_authenticate(credential):
+        seen.append(credential)
+        if credential == "contract-token":
+            return Identity(key_id="contract-1", name="contract",
+                            scopes=frozenset({"sessions:admin"}), kind="token")
+        if credential == "expired-token":
+            raise Unauthenticated("contract: token expired")
+        return None
+
+    assert impl_args(sg_authenticate) == spec_args("sg_authenticate")
+    gw = await make_gateway(extra_plugins=(plugin(sg_authenticate),))
+    info = await gw.client("contract-token").open()
+    assert info.owner_key_id == "contract-1"
+    assert seen == ["contract-token"]
+    admin = await gw.client().open()  # an API key: the hook abstains, core verifies it
+    assert admin.owner_key_id != "contract-1"
+    assert seen[-1] == gw.admin_key
+    error = await rpc_error(gw.client("expired-token").open())
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == "contract: token expired"
+    error = await rpc_error(gw.client("unknown").open())
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_authorize(make_gateway):
+    """Asked for every action with the session concerned (None for open); False refuses."""
+    seen: list[tuple[str, str | None, str]] = []
+
+    @first
+    def sg_authorize(identity, action, session):
+        seen.append((action, session.session_id if session else None, identity.key_id))
+        return False if action == "invoke" else None
+
+    assert impl_args(sg_authorize) == spec_args("sg_authorize")
+    gw = await make_gateway(extra_plugins=(plugin(sg_authorize),))
+    client = gw.client()
+    info = await client.open()
+    sid, key = info.session_id, info.owner_key_id
+    await client.get(sid)
+    assert [s.session_id for s in await client.list()] == [sid]
+    error = await rpc_error(client.invoke_json(sid, "echo", {}))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    call = client.stream(sid)
+    assert (await call.read()).caught_up
+    call.cancel()
+    await client.close(sid)
+    assert seen == [("open", None, key), ("get", sid, key), ("list", sid, key),
+                    ("invoke", sid, key), ("stream", sid, key), ("close", sid, key)]
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+class ContractDistributor(Distributor):
+    """Core's single-subscriber distributor, under another name."""
+
+
+@SPARES
+@pytest.mark.asyncio
+async def test_hook_sg_make_distributor(make_gateway, spares):
+    """Once per session, before its worker starts; the first non-None result is used."""
+    seen: list[Any] = []
+
+    @first
+    def sg_make_distributor(session, settings):
+        seen.append((session.session_id, session.state, settings))
+        options = session.attributes["gateway"].sessions.distributor_options(session)
+        return ContractDistributor(**options)
+
+    assert impl_args(sg_make_distributor) == spec_args("sg_make_distributor")
+    gw = await make_gateway(extra_plugins=(plugin(sg_make_distributor),), **spares)
+    client = gw.client()
+    sid = (await client.open()).session_id
+    assert seen == [(sid, SessionState.OPENING, gw.settings)]
+    session = gw.gateway.sessions.get(sid)
+    assert isinstance(session.distributor, ContractDistributor)
+    call = client.stream(sid)
+    assert (await call.read()).caught_up
+    await client.invoke_json(sid, "write", {"tag": "t", "value": 1})
+    response = await call.read()
+    assert [e.kind for e in response.events] == ["data_change"]
+    second = client.stream(sid)  # core's distributor: one external subscriber
+    error = await rpc_error(second.read())
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    call.cancel()
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_replay_supported(make_gateway):
+    """Asked only for a stream with ``after_sequence``; no True → FAILED_PRECONDITION."""
+    seen: list[str] = []
+
+    @first
+    def sg_replay_supported(session):
+        seen.append(session.session_id)
+        return False
+
+    assert impl_args(sg_replay_supported) == spec_args("sg_replay_supported")
+    gw = await make_gateway(extra_plugins=(plugin(sg_replay_supported),))
+    client = gw.client()
+    sid = (await client.open()).session_id
+    live = client.stream(sid)
+    assert (await live.read()).caught_up
+    live.cancel()
+    assert seen == []
+    error = await rpc_error(client.stream(sid, after_sequence=0).read())
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "plugins.reconnect.enabled" in error.details()
+    assert seen == [sid]
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_stream_keeps_alive(make_gateway):
+    """Asked per stream with the caller's identity; False makes the stream a watcher."""
+    seen: list[tuple[str, str]] = []
+
+    @first
+    def sg_stream_keeps_alive(session, identity):
+        seen.append((session.session_id, identity.key_id))
+        return False
+
+    assert impl_args(sg_stream_keeps_alive) == spec_args("sg_stream_keeps_alive")
+    gw = await make_gateway(extra_plugins=(plugin(sg_stream_keeps_alive),))
+    client = gw.client()
+    info = await client.open()
+    call = client.stream(info.session_id)
+    assert (await call.read()).caught_up
+    assert seen == [(info.session_id, info.owner_key_id)]
+    session = gw.gateway.sessions.get(info.session_id)
+    subs = [s for s in session.distributor.subscriptions if s.external]
+    assert len(subs) == 1 and subs[0].keeps_alive is False
+    assert not session.kept_alive()
+    call.cancel()
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_subscriber_attach(make_gateway):
+    """After the authorisation decision, with the request; a GatewayError vetoes."""
+    seen: list[Any] = []
+
+    @first
+    def sg_authorize(identity, action, session):
+        seen.append(("authorize", action))
+
+    @first
+    async def sg_subscriber_attach(session, identity, request):
+        seen.append(("attach", session.session_id, identity.key_id, request.subscriber_id))
+        if request.subscriber_id == "refused":
+            raise PermissionDenied("contract: no stream for you")
+
+    @first
+    def sg_subscriber_attached(session, subscription):
+        seen.append(("attached", subscription.subscriber_id))
+
+    assert impl_args(sg_subscriber_attach) == spec_args("sg_subscriber_attach")
+    gw = await make_gateway(extra_plugins=(plugin(sg_authorize, sg_subscriber_attach,
+                                                  sg_subscriber_attached),))
+    client = gw.client()
+    info = await client.open()
+    sid = info.session_id
+    seen.clear()
+    error = await rpc_error(client.stream(sid, subscriber_id="refused").read())
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error.details() == "contract: no stream for you"
+    assert seen == [("authorize", "stream"), ("attach", sid, info.owner_key_id, "refused")]
+    seen.clear()
+    call = client.stream(sid, subscriber_id="s1")
+    assert (await call.read()).caught_up
+    assert seen == [("authorize", "stream"), ("attach", sid, info.owner_key_id, "s1"),
+                    ("attached", "s1")]
+    call.cancel()
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_subscriber_attached(make_gateway):
+    """Once the subscription is registered, before the stream's first response."""
+    seen: list[Any] = []
+
+    @first
+    def sg_subscriber_attached(session, subscription):
+        seen.append((session.session_id, subscription,
+                     subscription in session.distributor.subscriptions))
+
+    assert impl_args(sg_subscriber_attached) == spec_args("sg_subscriber_attached")
+    gw = await make_gateway(extra_plugins=(plugin(sg_subscriber_attached),))
+    client = gw.client()
+    sid = (await client.open()).session_id
+    call = client.stream(sid, subscriber_id="s1")
+    assert (await call.read()).caught_up
+    assert len(seen) == 1
+    got_sid, sub, registered = seen[0]
+    assert got_sid == sid and registered
+    assert isinstance(sub, Subscription) and sub.subscriber_id == "s1" and sub.external
+    call.cancel()
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_subscriber_detached(make_gateway):
+    """Once per subscription that ends, with the same object and a reason."""
+    attached: list[Subscription] = []
+    detached: list[tuple[Subscription, str]] = []
+    gone = asyncio.Event()
+
+    @first
+    def sg_subscriber_attached(session, subscription):
+        attached.append(subscription)
+
+    @first
+    def sg_subscriber_detached(session, subscription, reason):
+        assert subscription not in session.distributor.subscriptions
+        detached.append((subscription, reason))
+        gone.set()
+
+    assert impl_args(sg_subscriber_detached) == spec_args("sg_subscriber_detached")
+    gw = await make_gateway(extra_plugins=(plugin(sg_subscriber_attached,
+                                                  sg_subscriber_detached),))
+    client = gw.client()
+    sid = (await client.open()).session_id
+    call = client.stream(sid)
+    assert (await call.read()).caught_up
+    call.cancel()  # the client goes away
+    await wait(gone)
+    assert [(s, bool(r)) for s, r in detached] == [(attached[0], True)]
+
+    gone.clear()
+    call = client.stream(sid)
+    assert (await call.read()).caught_up
+    await client.close(sid)  # the session ends under the stream
+    await wait(gone)
+    assert len(detached) == 2 and detached[1][0] is attached[1] and detached[1][1]
+    assert await call.read() is grpc.aio.EOF
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_internal_subscribers(make_gateway):
+    """Asked once per session when READY; each consumer runs as a task with its own
+    internal subscription, which counts toward no cap and keeps nothing alive."""
+    seen: list[Any] = []
+    got: list[int] = []
+    done = asyncio.Event()
+
+    async def consumer(session, subscription):
+        seen.append(("consumer", subscription.external, subscription.keeps_alive))
+        while len(got) < 5:
+            item = await subscription.next(100)
+            if item is None:
+                break
+            got.extend(e.sequence for e in item[1])
+        done.set()
+
+    @first
+    def sg_internal_subscribers(session):
+        seen.append(("asked", session.state))
+        return [consumer]
+
+    assert impl_args(sg_internal_subscribers) == spec_args("sg_internal_subscribers")
+    gw = await make_gateway(extra_plugins=(plugin(sg_internal_subscribers),))
+    client = gw.client()
+    sid = (await client.open()).session_id
+    assert seen[0] == ("asked", SessionState.READY)
+    external = client.stream(sid)  # still admitted, even by core's one-subscriber rule
+    assert (await external.read()).caught_up
+    await client.invoke_json(sid, "burst", {"count": 5, "size": 8})
+    await wait(done)
+    assert got == [1, 2, 3, 4, 5]
+    assert seen[1] == ("consumer", False, False)
+    session = gw.gateway.sessions.get(sid)
+    assert session.distributor.external_count == 1
+    external.cancel()
+
+
+# -- workers -------------------------------------------------------------------------------
+
+
+@SPARES
+@pytest.mark.asyncio
+async def test_hook_sg_worker_endpoint(make_gateway, spares):
+    """Asked once per session before its worker starts; the first answer is the socket."""
+    seen: list[Any] = []
+
+    @first
+    def sg_worker_endpoint(session, runtime_dir):
+        seen.append((session.session_id, session.state, session.worker, runtime_dir))
+        return os.path.join(runtime_dir, f"contract-{session.session_id[:8]}.sock")
+
+    assert impl_args(sg_worker_endpoint) == spec_args("sg_worker_endpoint")
+    gw = await make_gateway(extra_plugins=(plugin(sg_worker_endpoint),), **spares)
+    client = gw.client()
+    sid = (await client.open()).session_id
+    runtime = str(gw.gateway.runtime_dir)
+    # once per worker start; a spare worker (workers.spare_workers) is started ahead of
+    # the session it will serve, so calls for sessions not opened yet may follow
+    assert [entry for entry in seen if entry[0] == sid] == \
+        [(sid, SessionState.OPENING, None, runtime)]
+    assert all(entry[1:] == (SessionState.OPENING, None, runtime) for entry in seen)
+    session = gw.gateway.sessions.get(sid)
+    assert session.worker.socket_path == os.path.join(runtime, f"contract-{sid[:8]}.sock")
+    assert await client.invoke_json(sid, "echo", "via the chosen socket") == \
+        "via the chosen socket"
+
+
+@SPARES
+@pytest.mark.asyncio
+async def test_hook_sg_worker_launch(make_gateway, spares):
+    """Just before the worker process starts; changes to ``env`` reach the process."""
+    seen: list[Any] = []
+
+    @first
+    def sg_worker_launch(session, argv, env):
+        seen.append((session.session_id, session.state, session.worker.process, list(argv)))
+        env["SG_CONTRACT_MARK"] = session.session_id
+
+    assert impl_args(sg_worker_launch) == spec_args("sg_worker_launch")
+    gw = await make_gateway(extra_plugins=(plugin(sg_worker_launch),), **spares)
+    sid = (await gw.client().open()).session_id
+    mine = [entry[1:] for entry in seen if entry[0] == sid]  # (spares: see endpoint test)
+    assert len(mine) == 1
+    state, process, argv = mine[0]
+    assert state == SessionState.OPENING and process is None
+    assert argv and all(isinstance(a, str) for a in argv)
+    pid = gw.gateway.sessions.get(sid).worker.pid
+    assert psutil.Process(pid).environ().get("SG_CONTRACT_MARK") == sid
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_worker_release(make_gateway):
+    """Asked per live session at shutdown; False (or None) stops the worker, True leaves
+    it running for a later gateway to adopt."""
+    seen: list[tuple[str, str]] = []
+    release: set[str] = set()
+
+    @first
+    def sg_worker_release(session):
+        seen.append((session.session_id, session.state))
+        return session.session_id in release
+
+    @first
+    def sg_worker_launch(session, argv, env):
+        # What the reattach plugin does: the worker outlives its connection (phones home).
+        options = json.loads(env.get(protocol.OPTIONS_ENV) or "{}")
+        env[protocol.OPTIONS_ENV] = json.dumps({**options, "orphan_lifetime": 60.0})
+
+    assert impl_args(sg_worker_release) == spec_args("sg_worker_release")
+    gw = await make_gateway(extra_plugins=(plugin(sg_worker_release, sg_worker_launch),))
+    client = gw.client()
+    kept = (await client.open()).session_id
+    stopped = (await client.open()).session_id
+    ended = (await client.open()).session_id
+    await client.close(ended)
+    release.add(kept)
+    pids = {sid: gw.gateway.sessions.get(sid).worker.pid for sid in (kept, stopped)}
+    kept_process = gw.gateway.sessions.get(kept).worker.process
+    try:
+        await gw.stop()
+        assert sorted(seen) == sorted([(kept, SessionState.CLOSING),
+                                       (stopped, SessionState.CLOSING)])
+        assert not _exists(pids[stopped])
+        assert _exists(pids[kept]), "a released worker must be left running"
+    finally:
+        if kept_process.returncode is None:
+            kept_process.kill()
+            # reaped by this loop, so asyncio closes the process's transport
+            await asyncio.wait_for(kept_process.wait(), TIMEOUT)
+            for _ in range(3):
+                await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_worker_exited(make_gateway):
+    """When the worker process has been reaped: its pid and exit status."""
+    seen: list[tuple[str, int, int | None]] = []
+    exited = asyncio.Event()
+
+    @first
+    async def sg_worker_exited(session, pid, returncode):
+        seen.append((session.session_id, pid, returncode))
+        exited.set()
+
+    assert impl_args(sg_worker_exited) == spec_args("sg_worker_exited")
+    gw = await make_gateway(extra_plugins=(plugin(sg_worker_exited),))
+    client = gw.client()
+    sid = (await client.open()).session_id
+    pid = gw.gateway.sessions.get(sid).worker.pid
+    await client.close(sid)
+    await wait(exited)
+    assert seen == [(sid, pid, seen[0][2])]
+    assert isinstance(seen[0][2], int)
+
+    exited.clear()
+    crashed = (await client.open()).session_id
+    pid = gw.gateway.sessions.get(crashed).worker.pid
+    await rpc_error(client.invoke_json(crashed, "fail", {"exit_code": 3}))
+    await wait(exited)
+    assert seen[1] == (crashed, pid, 3)
+
+
+# -- the meta-test ---------------------------------------------------------------------------
+
+
+def test_every_hookspec_has_a_contract_test():
+    from sessiongate.core import PROJECT
+
+    specs = sorted(name for name, func in vars(hookspecs).items()
+                   if name.startswith("sg_") and hasattr(func, f"{PROJECT}_spec"))
+    assert specs == sorted(hookspecs.__all__), "hookspecs.__all__ is out of date"
+    module = sys.modules[__name__]
+    missing = [name for name in specs if not callable(getattr(module, f"test_hook_{name}", None))]
+    assert not missing, f"hookspecs without a contract test here: {missing}"

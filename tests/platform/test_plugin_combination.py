@@ -1,0 +1,76 @@
+"""The environment's plugin combination is accepted, or refused with exit status 2.
+
+Runs in every tox env. In the matrix, the combination comes from
+``SESSIONGATE_PLUGINS__<NAME>__ENABLED``; the invalid envs (reconnect on, fanout
+off) run only this file. The rule itself is contributed by the reconnect plugin
+through ``sg_add_validators`` (a ``Setting`` on ``plugins.fanout.enabled`` that
+applies when ``plugins.reconnect.enabled`` is true), so a refusal names both keys.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sessiongate.core.testing import enabled_plugins, write_config
+
+
+def _sessiongate(*args: str, cwd: os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sessiongate", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def _invalid(enabled: set[str]) -> bool:
+    return "reconnect" in enabled and "fanout" not in enabled
+
+
+@pytest.fixture
+def config(tmp_path):
+    return write_config(tmp_path / "settings.toml", {
+        "state_dir": str(tmp_path / "state"),
+        "server.grpc_address": "127.0.0.1:0",
+    })
+
+
+def test_check_config_accepts_or_refuses_the_combination(config, tmp_path):
+    enabled = enabled_plugins()
+    result = _sessiongate("check-config", "--config", str(config), cwd=tmp_path)
+    if _invalid(enabled):
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        assert "plugins.fanout.enabled" in result.stderr, result.stderr
+        assert "plugins.reconnect.enabled" in result.stderr, result.stderr
+        assert result.stdout == ""
+    else:
+        assert result.returncode == 0, result.stderr
+        for name in ("fanout", "reconnect", "acl", "reattach"):
+            expected = "true" if name in enabled else "false"
+            assert f"plugins.{name}.enabled = {expected}" in result.stdout.splitlines()
+
+
+def test_serve_refuses_an_invalid_combination_before_starting(config, tmp_path):
+    if not _invalid(enabled_plugins()):
+        pytest.skip("the combination is valid (serve is covered by the rest of the suite)")
+    result = _sessiongate("serve", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "plugins.fanout.enabled" in result.stderr
+    assert "listening on" not in result.stderr
+    assert not (tmp_path / "state").exists(), "nothing may start before validation passed"
+
+
+@pytest.mark.parametrize(("fanout", "reconnect", "code"), [
+    ("true", "true", 0), ("true", "false", 0), ("false", "false", 0), ("false", "true", 2)])
+def test_reconnect_needs_fanout(config, tmp_path, fanout, reconnect, code):
+    """Independent of the env: the prerequisite rule, for each of the four cases."""
+    env = {**os.environ,
+           "SESSIONGATE_PLUGINS__FANOUT__ENABLED": fanout,
+           "SESSIONGATE_PLUGINS__RECONNECT__ENABLED": reconnect}
+    result = subprocess.run(
+        [sys.executable, "-m", "sessiongate", "check-config", "--config", str(config)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL)
+    assert result.returncode == code, result.stderr
+    if code == 2:
+        assert "plugins.fanout.enabled" in result.stderr
