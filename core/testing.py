@@ -188,6 +188,14 @@ async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Async
     finally:
         for handle in reversed(handles):
             await handle.stop()
+            # Released workers (reattach) are still our children: end and reap them through
+            # asyncio, so their transports close before the loop does.
+            for session in list(handle.gateway.sessions.ended.values()):
+                proc = session.worker.process if session.worker is not None else None
+                if proc is not None and proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
         # With reattach on, a graceful stop leaves workers running for the next gateway
         # on this state dir; no test wants them to outlive it.
         from sessiongate.core.terminator import home_marker, terminate_leftovers

@@ -1,0 +1,149 @@
+"""Short-lived sign-in tokens: JWTs signed with an Ed25519 key kept in ``state_dir``.
+
+The private key is ``state_dir/acl-token-key.pem`` (PKCS#8, mode 0600), created on
+first use, atomically (several gateway processes may share a state dir). Every
+process that reads the same file accepts the same tokens; deleting the file and
+restarting invalidates every token issued so far.
+
+Only ``EdDSA`` is accepted (never the token's own ``alg`` choice), with issuer,
+audience, expiry and issue time required. A token is never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pathlib
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sessiongate.core.auth import ADMIN_SCOPE, Identity
+from sessiongate.core.errors import Unauthenticated
+
+__all__ = ["ISSUER", "KEY_FILE", "TOKEN_KIND", "TokenSigner", "is_ours", "looks_like_jwt"]
+
+log = logging.getLogger("sessiongate.plugins.acl")
+
+KEY_FILE = "acl-token-key.pem"
+ISSUER = "sessiongate"
+AUDIENCE = "sessiongate"
+ALGORITHM = "EdDSA"
+TOKEN_KIND = "token"
+#: subjects of LDAP logins; never collides with an API key id (hex)
+SUBJECT_PREFIX = "ldap:"
+
+
+def looks_like_jwt(credential: str) -> bool:
+    """Three dot-separated parts (API keys, ``sg_<id>_<secret>``, have no dot)."""
+    return credential.count(".") == 2
+
+
+def is_ours(credential: str) -> bool:
+    """A JWT that names this product as issuer (read unverified: only to route it).
+
+    Another plugin's tokens (another issuer) and anything that is not a JWT are
+    left to others; every token that claims to be ours is verified in full.
+    """
+    if not looks_like_jwt(credential):
+        return False
+    try:
+        claims = jwt.decode(credential, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return True  # mangled: ours to refuse, with a clear message
+    return claims.get("iss") == ISSUER
+
+
+def _load_or_create(path: pathlib.Path) -> Ed25519PrivateKey:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(pem)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)  # atomic; loses to a concurrent creator, then reads theirs
+                log.info("created the token signing key %s", path)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(tmp)
+        data = path.read_bytes()
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("token signing key %s was readable by others (mode %o); set to 0600",
+                    path, mode)
+        os.chmod(path, 0o600)
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} does not hold an Ed25519 private key")
+    return key
+
+
+class TokenSigner:
+    """Mints and verifies tokens with one Ed25519 key."""
+
+    def __init__(self, key: Ed25519PrivateKey, ttl_seconds: float) -> None:
+        self._key = key
+        self._public = key.public_key()
+        raw = self._public.public_bytes(serialization.Encoding.Raw,
+                                        serialization.PublicFormat.Raw)
+        #: names the key in the token header (a fingerprint, not a secret)
+        self.kid = hashlib.sha256(raw).hexdigest()[:16]
+        self.ttl = float(ttl_seconds)
+
+    @classmethod
+    def from_state_dir(cls, state_dir: pathlib.Path, ttl_seconds: float) -> TokenSigner:
+        """Blocking file I/O: call it in a thread."""
+        return cls(_load_or_create(state_dir / KEY_FILE), ttl_seconds)
+
+    def mint(self, username: str, *, admin: bool, tags: Iterable[str],
+             now: float | None = None, ttl: float | None = None) -> tuple[str, float]:
+        """A token for ``username``; returns ``(token, expires_at)`` (epoch seconds)."""
+        issued = time.time() if now is None else now
+        expires = issued + (self.ttl if ttl is None else ttl)
+        claims: dict[str, Any] = {
+            "iss": ISSUER, "aud": AUDIENCE,
+            "sub": SUBJECT_PREFIX + username,
+            "name": username,
+            "adm": bool(admin),
+            "tags": sorted(set(tags)),
+            "iat": int(issued), "exp": int(expires),
+            "jti": secrets.token_hex(8),
+        }
+        token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
+        return token, float(int(expires))
+
+    def verify(self, token: str) -> Identity:
+        """The identity a token carries; ``Unauthenticated`` when it is not valid now."""
+        try:
+            claims = jwt.decode(
+                token, self._public, algorithms=[ALGORITHM], audience=AUDIENCE,
+                issuer=ISSUER, options={"require": ["exp", "iat", "sub", "iss", "aud"]})
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the sign-in token has expired; log in again") from None
+        except jwt.PyJWTError:
+            raise Unauthenticated("the sign-in token is not valid (tampered, or not "
+                                  "issued by this gateway)") from None
+        sub, tags, admin = claims.get("sub"), claims.get("tags", []), claims.get("adm", False)
+        if (not isinstance(sub, str) or not sub.startswith(SUBJECT_PREFIX)
+                or not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
+                or not isinstance(admin, bool)):
+            raise Unauthenticated("the sign-in token is not valid (unexpected claims)")
+        return Identity(key_id=sub, name=str(claims.get("name") or sub),
+                        scopes=frozenset({ADMIN_SCOPE}) if admin else frozenset(),
+                        tags=frozenset(tags), kind=TOKEN_KIND,
+                        expires_at=float(claims["exp"]))
