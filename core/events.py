@@ -41,6 +41,65 @@ GRPC = "grpc-event-stream"
 INTERNAL = "internal"
 
 
+def _field_prefix(tag: int, size: int) -> bytes:
+    """A length-delimited field's key and length, as protobuf writes them."""
+    out = bytearray((tag,))
+    while size > 0x7F:
+        out.append((size & 0x7F) | 0x80)
+        size >>= 7
+    out.append(size)
+    return bytes(out)
+
+
+_EVENT_PREFIX = [_field_prefix(0x0A, n) for n in range(4096)]  # field 1, small events
+
+
+class WireEvent:
+    """An event with its encoding as field 1 of ``StreamEventsResponse``, made once.
+
+    The pump turns each event into one of these; every subscriber's response is then
+    a byte-join of the events it carries, so a batch is serialized once however many
+    subscribers receive it. ``event`` is the parsed message for in-process consumers.
+    """
+
+    __slots__ = ("data", "event", "sequence")
+
+    def __init__(self, sequence: int, data: bytes, event: Any) -> None:
+        self.sequence = sequence
+        self.data = data
+        self.event = event
+
+    def __repr__(self) -> str:
+        return f"<WireEvent {self.sequence} {len(self.data)} B>"
+
+
+def to_wire(events: Sequence[Any]) -> list[WireEvent]:
+    prefixes = _EVENT_PREFIX
+    out = []
+    append = out.append
+    for event in events:
+        body = event.SerializeToString()
+        size = len(body)
+        prefix = prefixes[size] if size < 4096 else _field_prefix(0x0A, size)
+        append(WireEvent(event.sequence, prefix + body, event))
+    return out
+
+
+_CAUGHT_UP = b"\x18\x01"  # field 3 (caught_up) = true
+
+
+def encode_response(events: Sequence[WireEvent], gap: Gap | None = None,
+                    caught_up: bool = False) -> bytes:
+    """A serialized ``StreamEventsResponse``: the events' bytes joined, then gap, flag."""
+    data = b"".join([e.data for e in events])
+    if gap is not None:
+        body = gap.to_proto().SerializeToString()
+        data += _field_prefix(0x12, len(body)) + body
+    if caught_up:
+        data += _CAUGHT_UP
+    return data
+
+
 @dataclasses.dataclass(frozen=True)
 class Gap:
     """Events after ``requested_after`` and before ``oldest_available`` are not delivered."""

@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from sessiongate.core.auth import Identity
 from sessiongate.core.errors import FailedPrecondition, GatewayError, InvalidArgument, OutOfRange
-from sessiongate.core.events import Subscription
+from sessiongate.core.events import Subscription, encode_response
 from sessiongate.core.gateway import Gateway
 from sessiongate.core.session import Session, SessionState
 from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
@@ -36,7 +36,6 @@ T = TypeVar("T")
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 STREAM_WRITE_HIGH_WATER = 1  # responses in flight per stream (grpc.aio allows one write)
 MAX_RESPONSE_BYTES = 1 << 20  # event bytes per StreamEventsResponse, about
-EVENT_OVERHEAD = 64  # bytes of an Event besides its payload (sequence, kind, time), about
 
 
 def _status(code: str) -> grpc.StatusCode:
@@ -181,16 +180,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
     @staticmethod
     async def _responses(sub: Subscription, max_batch: int,
-                         replaying: bool) -> AsyncIterator[Any]:
-        """The first response at once (attached); ``caught_up`` where history ends.
-
-        A response carries up to ``max_batch`` events and, whatever the batch, about
-        ``MAX_RESPONSE_BYTES`` at most (gRPC clients refuse messages over 4 MiB).
+                         replaying: bool) -> AsyncIterator[bytes]:
+        """Serialized responses: the first at once (attached); ``caught_up`` where history
+        ends. Each carries up to ``max_batch`` events and about ``MAX_RESPONSE_BYTES`` at
+        most (gRPC clients refuse messages over 4 MiB), joined from the events' bytes.
         """
-        Response = gateway_pb2.StreamEventsResponse
         pending_history = len(sub.buffer) if replaying else 0
         if pending_history == 0 and sub.pending_gap is None:
-            yield Response(caught_up=True)
+            yield encode_response((), caught_up=True)
         next_ = sub.next
         while True:
             item = await next_(max_batch)
@@ -199,21 +196,18 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             gap, events = item
             chunks = _by_size(events) if len(events) > 1 else (events,)
             for i, chunk in enumerate(chunks):
-                response = Response(events=chunk)
-                if gap is not None and i == 0:
-                    response.gap.CopyFrom(gap.to_proto())
+                caught_up = False
                 if pending_history > 0:
                     pending_history -= len(chunk)
-                    if pending_history <= 0:
-                        response.caught_up = True
+                    caught_up = pending_history <= 0
                 elif replaying and gap is not None and not events:
-                    response.caught_up = True
-                yield response
+                    caught_up = True
+                yield encode_response(chunk, gap if i == 0 else None, caught_up)
 
 
 def _by_size(events: list[Any]) -> Sequence[list[Any]]:
     """``events`` cut into runs of about ``MAX_RESPONSE_BYTES`` (one run: the common case)."""
-    sizes = [len(e.payload) + EVENT_OVERHEAD for e in events]
+    sizes = [len(e.data) for e in events]
     if sum(sizes) <= MAX_RESPONSE_BYTES:
         return (events,)
     chunks: list[list[Any]] = []
@@ -227,6 +221,32 @@ def _by_size(events: list[Any]) -> Sequence[list[Any]]:
     return chunks
 
 
+def _passthrough(response: Any) -> bytes:
+    """StreamEvents yields ready-made bytes; anything else is a message."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def add_service(servicer: GatewayService, server: grpc.aio.Server) -> None:
+    """The generated registration, with StreamEvents' serializer passing bytes through."""
+    handlers: dict[str, Any] = {}
+
+    class Capture:
+        def add_generic_rpc_handlers(self, generic: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, name: str, found: dict[str, Any]) -> None:
+            handlers.update(found)
+
+    gateway_pb2_grpc.add_GatewayServicer_to_server(servicer, Capture())
+    stream = handlers["StreamEvents"]
+    handlers["StreamEvents"] = grpc.unary_stream_rpc_method_handler(
+        servicer.StreamEvents, request_deserializer=stream.request_deserializer,
+        response_serializer=_passthrough)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME,
+                                                                          handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 class GrpcServer:
     """The grpc.aio server around a started :class:`Gateway`."""
 
@@ -238,7 +258,7 @@ class GrpcServer:
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ])
-        gateway_pb2_grpc.add_GatewayServicer_to_server(GatewayService(gateway), self.server)
+        add_service(GatewayService(gateway), self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
             health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

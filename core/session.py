@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sessiongate.core.errors import FailedPrecondition, GatewayError, Unavailable
-from sessiongate.core.events import Distributor, Subscription
+from sessiongate.core.events import Distributor, Subscription, to_wire
 from sessiongate.v1 import gateway_pb2
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class Session:
             expected = seq + 1
         self.last_sequence = expected - 1
         if self.distributor is not None and self.state != SessionState.FAULTED:
-            self.distributor.publish(events)
+            self.distributor.publish(to_wire(events))  # encoded once for every subscriber
 
     def on_worker_frame(self, frame: Any) -> None:
         """Adoption by a new gateway: the worker's position, then what it still holds."""
@@ -175,7 +175,8 @@ class Session:
                       if history.first_unsent and history.first_unsent <= floor
                       else gateway_pb2.EVICTED)
             if dist is not None:
-                dist.restore(events, floor=floor if first_chunk else None, reason=reason)
+                dist.restore(to_wire(events), floor=floor if first_chunk else None,
+                             reason=reason)
             self.last_sequence = max(self.last_sequence, events[-1].sequence)
 
     def subscribe(self, sub: Subscription, *, after_sequence: int | None = None) -> Subscription:
