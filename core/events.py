@@ -17,6 +17,7 @@ import asyncio
 import collections
 import dataclasses
 import logging
+import operator
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,35 +55,36 @@ def _field_prefix(tag: int, size: int) -> bytes:
 _EVENT_PREFIX = [_field_prefix(0x0A, n) for n in range(4096)]  # field 1, small events
 
 
-class WireEvent:
-    """An event with its encoding as field 1 of ``StreamEventsResponse``, made once.
+class WireEvent(tuple):
+    """``(sequence, data, event)``: an event with its encoding as field 1 of
+    ``StreamEventsResponse``, made once.
 
     The pump turns each event into one of these; every subscriber's response is then
     a byte-join of the events it carries, so a batch is serialized once however many
     subscribers receive it. ``event`` is the parsed message for in-process consumers.
+    A tuple, built by C-level ``map``/``zip``: this is on the per-event hot path.
     """
 
-    __slots__ = ("data", "event", "sequence")
-
-    def __init__(self, sequence: int, data: bytes, event: Any) -> None:
-        self.sequence = sequence
-        self.data = data
-        self.event = event
+    __slots__ = ()
+    sequence = property(operator.itemgetter(0))
+    data = property(operator.itemgetter(1))
+    event = property(operator.itemgetter(2))
 
     def __repr__(self) -> str:
         return f"<WireEvent {self.sequence} {len(self.data)} B>"
 
 
-def to_wire(events: Sequence[Any]) -> list[WireEvent]:
+_serialize = gateway_pb2.Event.SerializeToString
+
+
+def to_wire(events: Sequence[Any], sequences: list[int] | None = None) -> list[WireEvent]:
+    """Encode a batch; ``sequences`` may be passed when the caller already has them."""
     prefixes = _EVENT_PREFIX
-    out = []
-    append = out.append
-    for event in events:
-        body = event.SerializeToString()
-        size = len(body)
-        prefix = prefixes[size] if size < 4096 else _field_prefix(0x0A, size)
-        append(WireEvent(event.sequence, prefix + body, event))
-    return out
+    datas = [(prefixes[len(body)] if len(body) < 4096 else _field_prefix(0x0A, len(body)))
+             + body for body in map(_serialize, events)]
+    if sequences is None:
+        sequences = [e.sequence for e in events]
+    return list(map(WireEvent, zip(sequences, datas, events, strict=True)))
 
 
 _CAUGHT_UP = b"\x18\x01"  # field 3 (caught_up) = true

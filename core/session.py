@@ -134,13 +134,23 @@ class Session:
 
     def on_events(self, events: list[Any]) -> None:
         """A batch from the worker: check the sequence, then hand it to the distributor."""
+        sequences = [e.sequence for e in events]
         expected = self.last_sequence + 1
-        for event in events:
-            seq = event.sequence
-            if seq != expected:
-                if seq < expected:
-                    self.fault(f"protocol error: event sequence {seq} after {expected - 1}")
-                    return
+        if sequences != list(range(expected, expected + len(sequences))):
+            if not self._check_jumps(sequences, expected):
+                return
+        self.last_sequence = sequences[-1]
+        if self.distributor is not None and self.state != SessionState.FAULTED:
+            # encoded once here, for every subscriber
+            self.distributor.publish(to_wire(events, sequences))
+
+    def _check_jumps(self, sequences: list[int], expected: int) -> bool:
+        """Not contiguous: record forward jumps; a repeat or a step back faults (False)."""
+        for seq in sequences:
+            if seq < expected:
+                self.fault(f"protocol error: event sequence {seq} after {expected - 1}")
+                return False
+            if seq > expected:
                 log.warning("session %s: worker skipped sequences %d..%d", self.session_id,
                             expected, seq - 1)
                 self.holes.append((expected - 1, seq))
@@ -148,9 +158,7 @@ class Session:
                     self.distributor.publish_hole(expected - 1, seq,
                                                   gateway_pb2.WORKER_DISCONNECTED)
             expected = seq + 1
-        self.last_sequence = expected - 1
-        if self.distributor is not None and self.state != SessionState.FAULTED:
-            self.distributor.publish(to_wire(events))  # encoded once for every subscriber
+        return True
 
     def on_worker_frame(self, frame: Any) -> None:
         """Adoption by a new gateway: the worker's position, then what it still holds."""
