@@ -120,7 +120,8 @@ async def test_grace_expiry_closes_the_session_and_stops_its_worker(make_gateway
     assert await late.code() == grpc.StatusCode.OK
 
 
-async def test_a_resume_within_the_window_keeps_the_session(make_gateway):
+async def detached_session(make_gateway):
+    """A session whose only subscriber attached and dropped (grace 60 s)."""
     gw = await make_gateway(**{"plugins.reconnect.detach_grace_seconds": 60})
     client = gw.client()
     sid = (await client.open()).session_id
@@ -129,6 +130,11 @@ async def test_a_resume_within_the_window_keeps_the_session(make_gateway):
     await call.read()
     call.cancel()
     await wait_for(lambda: session.state == "DETACHED")
+    return client, sid, session
+
+
+async def test_a_resume_within_the_window_keeps_the_session(make_gateway):
+    client, sid, session = await detached_session(make_gateway)
     assert (await client.get(sid)).state == gateway_pb2.DETACHED
     back = client.stream(sid, after_sequence=0)
     await back.read()
@@ -138,14 +144,7 @@ async def test_a_resume_within_the_window_keeps_the_session(make_gateway):
 
 
 async def test_explicit_close_while_detached_closes_at_once(make_gateway):
-    gw = await make_gateway(**{"plugins.reconnect.detach_grace_seconds": 60})
-    client = gw.client()
-    sid = (await client.open()).session_id
-    session = gw.gateway.sessions.live[sid]
-    call = client.stream(sid)
-    await call.read()
-    call.cancel()
-    await wait_for(lambda: session.state == "DETACHED")
+    client, sid, _session = await detached_session(make_gateway)
     assert (await client.close(sid)).state == gateway_pb2.CLOSED
 
 
