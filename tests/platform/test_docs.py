@@ -8,6 +8,8 @@ import tomllib
 
 import pytest
 
+from sessiongate.core.settings import flatten
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
@@ -62,7 +64,7 @@ def test_every_hookspec_is_in_the_hook_reference(generate):
 def test_every_shipped_key_has_a_rule(generate):
     """Every key of settings.toml is described by core or by its (written) plugin."""
     with open(ROOT / "settings" / "settings.toml", "rb") as fh:
-        shipped = generate._flatten(tomllib.load(fh))
+        shipped = flatten(tomllib.load(fh))
     groups = generate.all_rules()
     ruled = {rule.key for _group, rules in groups for rule in rules}
     unwritten = {group for group, rules in groups if not rules}
@@ -79,7 +81,7 @@ def test_every_shipped_key_has_a_rule(generate):
 
 def test_every_ruled_key_has_a_shipped_default(generate):
     with open(ROOT / "settings" / "settings.toml", "rb") as fh:
-        shipped = generate._flatten(tomllib.load(fh))
+        shipped = flatten(tomllib.load(fh))
     missing = sorted({rule.key for _group, rules in generate.all_rules() for rule in rules
                       if rule.key not in shipped})
     assert not missing, f"rules for keys settings/settings.toml does not ship: {missing}"
