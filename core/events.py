@@ -376,6 +376,3 @@ class Distributor:
                 self.external_count -= 1
             self._on_release(sub, "session ended")
 
-    def describe(self) -> dict[str, Any]:
-        return {"subscribers": len(self.subscriptions), "external": self.external_count}
-

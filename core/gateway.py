@@ -112,7 +112,7 @@ class SessionManager:
                                reason=reason)
         if new == SessionState.FAULTED:
             self.metrics.inc("faults", reason=reason.split(":")[0])
-            self.spawn(self._teardown(session, reason), "fault-teardown")
+            self.spawn(self._finish(session, reason), "fault-teardown")
 
     def subscription_released(self, session: Session) -> Callable[[Subscription, str], None]:
         def released(sub: Subscription, reason: str) -> None:
@@ -233,7 +233,6 @@ class SessionManager:
         await handle.spawn(
             backend_spec=spec, backend_name=session.backend,
             env_extra=self.gateway.worker_env(session),
-            options=session.attributes.get("worker_options"),
             launch_hook=lambda argv, env: self.hooks.notify_sync(
                 "sg_worker_launch", session=session, argv=argv, env=env))
         return handle
@@ -352,9 +351,6 @@ class SessionManager:
         await self._finish(session, reason)
         return session
 
-    async def _teardown(self, session: Session, reason: str) -> None:
-        await self._finish(session, reason)
-
     async def _finish(self, session: Session, reason: str) -> None:
         if session.worker is not None:
             if session.attributes.get("released"):
@@ -424,8 +420,7 @@ class Gateway:
 
     def worker_env(self, session: Session) -> dict[str, str]:
         """Extra environment for workers: the marker the terminator recognises them by."""
-        env = {"SESSIONGATE_WORKER_MARKER": self.instance_id,
-               terminator.HOME_ENV: self.home}
+        env = {terminator.HOME_ENV: self.home}
         env.update(session.attributes.get("worker_env", {}))
         return env
 

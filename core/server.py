@@ -34,7 +34,6 @@ log = logging.getLogger("sessiongate.server")
 
 T = TypeVar("T")
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
-STREAM_WRITE_HIGH_WATER = 1  # responses in flight per stream (grpc.aio allows one write)
 MAX_RESPONSE_BYTES = 1 << 20  # event bytes per StreamEventsResponse, about
 
 

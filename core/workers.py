@@ -172,11 +172,6 @@ class WorkerHandle:
             pass  # it died while waiting: the reaper reports why, wait_ready raises
         await self.wait_ready(self.config.start_timeout)
 
-    async def start(self, **spawn_args: Any) -> None:
-        """Spawn and go at once (no spare was at hand)."""
-        await self.spawn(**spawn_args)
-        await self.go()
-
     async def expect(self, *, nonce_digest_: bytes, pid: int, create_time: float) -> None:
         """Listen for a worker started by an earlier gateway instance (its Adopt frame)."""
         self.pid = pid

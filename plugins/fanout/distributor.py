@@ -69,6 +69,3 @@ class FanoutDistributor(Distributor):
     def publish_hole(self, last_before: int, first_after: int, reason: int) -> None:
         super().publish_hole(last_before, first_after, reason)
         self.ring.add_hole(last_before, first_after, reason)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "ring": len(self.ring), "ring_oldest": self.ring.oldest}
