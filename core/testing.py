@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-__all__ = ["GatewayHandle", "GatewayProcess", "enabled_plugins", "write_config"]
+__all__ = ["GatewayHandle", "GatewayProcess", "enabled_plugins", "stream_end", "wait_for",
+           "write_config"]
 
 PLUGINS = ("fanout", "reconnect", "acl", "reattach")
 
@@ -299,6 +300,18 @@ def gateway_process(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Iterator
             with contextlib.suppress(Exception):
                 worker.kill()
                 worker.wait(10)
+
+
+async def stream_end(call: Any) -> tuple[Any, str]:
+    """Read a ``StreamEvents`` call to its end: ``(status code, details)``."""
+    import grpc
+
+    try:
+        while await call.read() is not grpc.aio.EOF:
+            pass
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return await call.code(), await call.details() or ""
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> None:

@@ -17,17 +17,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from sessiongate.core.client import GatewayClient
-from sessiongate.core.testing import enabled_plugins, write_config
+from sessiongate.core.testing import enabled_plugins, stream_end, write_config
 from sessiongate.v1 import gateway_pb2
 
 
 async def _stream_end(call) -> grpc.StatusCode:
-    try:
-        while await call.read() is not grpc.aio.EOF:
-            pass
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return await call.code()
+    return (await stream_end(call))[0]
 
 
 def _workers(pid: int) -> list[psutil.Process]:

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from sessiongate.core import hookimpl
-from sessiongate.core.testing import wait_for
+from sessiongate.core.testing import stream_end, wait_for
 from sessiongate.v1 import gateway_pb2
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -30,11 +30,9 @@ async def _fails(awaitable, code: grpc.StatusCode) -> str:
 
 async def _stream_fails(call, code: grpc.StatusCode) -> str:
     """Read a stream to its end; it must end with ``code``."""
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        while await call.read() is not grpc.aio.EOF:
-            pass
-    assert info.value.code() == code, info.value.details()
-    return info.value.details() or ""
+    ended, details = await stream_end(call)
+    assert ended == code, details
+    return details
 
 
 # -- UNAUTHENTICATED ---------------------------------------------------------------------

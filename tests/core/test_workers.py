@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from sessiongate.core import hookimpl, protocol
-from sessiongate.core.testing import wait_for
+from sessiongate.core.testing import stream_end, wait_for
 from sessiongate.v1 import gateway_pb2, worker_pb2
 
 ENDED = 30  # seconds a test waits for a session to end before failing (never reached)
@@ -32,12 +32,7 @@ async def _code(awaitable) -> grpc.StatusCode:
 
 
 async def _stream_end(call) -> grpc.StatusCode:
-    try:
-        while await call.read() is not grpc.aio.EOF:
-            pass
-    except grpc.aio.AioRpcError as exc:
-        return exc.code()
-    return await call.code()
+    return (await stream_end(call))[0]
 
 
 def _gone(proc: psutil.Process) -> bool:

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from sessiongate.core.testing import wait_for
+from sessiongate.core.testing import stream_end, wait_for
 from sessiongate.v1 import gateway_pb2
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.requires_plugin("fanout")]
@@ -48,11 +48,9 @@ async def test_two_readers_get_everything_while_a_stalled_one_is_disconnected(ma
             seen[i] += await read_sequences(call, chunk)
     for got in seen:
         assert got == list(range(1, chunk * chunks + 1))
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        while await stalled.read() is not grpc.aio.EOF:
-            pass
-    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "event queue overflow" in err.value.details()
+    code, details = await stream_end(stalled)
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "event queue overflow" in details
     info = await client.get(sid)
     assert info.state == gateway_pb2.READY and info.subscriber_count == 2
     assert gw.gateway.metrics.get("queue_overflows", kind="grpc-event-stream") == 1
