@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -193,7 +193,11 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             if item is None:
                 return
             gap, events = item
-            chunks = _by_size(events) if len(events) > 1 else (events,)
+            # Encode the whole batch; only a batch over the size limit (rare) is cut up,
+            # so the common case costs no per-event work here.
+            whole = encode_response(events)
+            chunks = ((events,) if len(whole) <= MAX_RESPONSE_BYTES or len(events) < 2
+                      else _by_size(events))
             for i, chunk in enumerate(chunks):
                 caught_up = False
                 if pending_history > 0:
@@ -201,17 +205,18 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                     caught_up = pending_history <= 0
                 elif replaying and gap is not None and not events:
                     caught_up = True
-                yield encode_response(chunk, gap if i == 0 else None, caught_up)
+                if len(chunks) == 1:
+                    yield whole + encode_response((), gap, caught_up)
+                else:
+                    yield encode_response(chunk, gap if i == 0 else None, caught_up)
 
 
-def _by_size(events: list[Any]) -> Sequence[list[Any]]:
-    """``events`` cut into runs of about ``MAX_RESPONSE_BYTES`` (one run: the common case)."""
-    sizes = [len(e.data) for e in events]
-    if sum(sizes) <= MAX_RESPONSE_BYTES:
-        return (events,)
+def _by_size(events: list[Any]) -> list[list[Any]]:
+    """``events`` cut into runs of about ``MAX_RESPONSE_BYTES`` each."""
     chunks: list[list[Any]] = []
     start = total = 0
-    for i, size in enumerate(sizes):
+    for i, event in enumerate(events):
+        size = len(event.data)
         if total + size > MAX_RESPONSE_BYTES and i > start:
             chunks.append(events[start:i])
             start, total = i, 0

@@ -29,3 +29,39 @@ async def test_open_invoke_stream_close(make_gateway):
     assert closed.state == gateway_pb2.CLOSED
     assert await call.read() is grpc.aio.EOF
     assert await call.code() == grpc.StatusCode.OK
+
+
+@pytest.mark.asyncio
+async def test_large_events_reach_the_client(make_gateway):
+    """4.8 MiB of 16 KiB events: no response may exceed what a gRPC client accepts."""
+    gw = await make_gateway()
+    client = gw.client()
+    sid = (await client.open(client_name="big")).session_id
+    call = client.stream(sid)
+    assert (await call.read()).caught_up
+    await client.invoke_json(sid, "burst", {"count": 300, "size": 16384})
+    seen = []
+    while len(seen) < 300:
+        response = await call.read()
+        assert all(len(e.payload) == 16384 for e in response.events)
+        seen.extend(e.sequence for e in response.events)
+    assert seen == list(range(1, 301))
+    call.cancel()
+
+
+@pytest.mark.asyncio
+async def test_an_oversized_batch_is_cut_into_responses_near_the_size_limit():
+    from sessiongate.core.events import Subscription, to_wire
+    from sessiongate.core.server import MAX_RESPONSE_BYTES, GatewayService
+
+    events = [gateway_pb2.Event(sequence=i, kind="big", payload=b"x" * 16384)
+              for i in range(1, 301)]
+    sub = Subscription(capacity=1000)
+    sub.preload(None, to_wire(events))  # one batch of about 4.8 MiB
+    sub.end(drain=True)
+    responses = [gateway_pb2.StreamEventsResponse.FromString(data) async for data in
+                 GatewayService._responses(sub, max_batch=1024, replaying=True)]
+    assert len(responses) >= 5
+    assert all(r.ByteSize() <= MAX_RESPONSE_BYTES + 16500 for r in responses)
+    assert [e.sequence for r in responses for e in r.events] == list(range(1, 301))
+    assert [r.caught_up for r in responses].count(True) == 1 and responses[-1].caught_up
