@@ -1,0 +1,45 @@
+"""Spare workers: a refused open never hands its spare to anyone (the used-and-replaced
+case is in test_workers.py)."""
+
+from __future__ import annotations
+
+import grpc
+import psutil
+import pytest
+
+from sessiongate.core import hookimpl
+from sessiongate.core.errors import PermissionDenied
+from sessiongate.core.testing import wait_for
+
+pytestmark = pytest.mark.asyncio
+
+
+class DenyList:
+    def __init__(self) -> None:
+        self.refused: list[str] = []
+
+    @hookimpl(tryfirst=True)
+    def sg_session_open(self, session, identity):
+        if session.client_name == "denied":
+            self.refused.append(session.session_id)
+            raise PermissionDenied("client name is deny-listed")
+
+
+async def test_a_refused_open_never_hands_its_spare_to_the_next_client(make_gateway):
+    deny = DenyList()
+    gw = await make_gateway(extra_plugins=(deny,), **{"workers.spare_workers": 1})
+    manager = gw.gateway.sessions
+    await wait_for(lambda: len(manager._spares) == 1)
+    spare_session, spare_worker = manager._spares[0]
+    client = gw.client()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.open(client_name="denied")
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert deny.refused == [spare_session.session_id]  # the spare was offered, then refused
+    info = await client.open(client_name="next")
+    assert info.session_id != spare_session.session_id
+    assert manager.live[info.session_id].attributes is not spare_session.attributes
+    await wait_for(lambda: spare_worker.returncode is not None)  # the refused spare exited
+    assert not psutil.pid_exists(spare_worker.pid) or \
+        psutil.Process(spare_worker.pid).status() == psutil.STATUS_ZOMBIE
+
