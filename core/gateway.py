@@ -199,12 +199,7 @@ class SessionManager:
                 await self._finish(session, session.reason)
             await asyncio.shield(session.ended.wait())
             raise
-        if not session.transition(SessionState.READY):
-            raise Unavailable(f"session {session.session_id} failed while opening: "
-                              f"{session.reason}")
-        self.metrics.inc("sessions_opened")
-        await self.hooks.notify("sg_session_opened", session=session)
-        self._start_internal_subscribers(session)
+        await self._became_ready(session, "", "sessions_opened")
         return session
 
     # -- workers and spares --------------------------------------------------------------
@@ -306,10 +301,17 @@ class SessionManager:
             session.fault(getattr(exc, "message", None) or f"adoption failed: {exc!r}")
             await asyncio.shield(session.ended.wait())
             return None
-        session.transition(SessionState.READY, "worker re-adopted")
+        await self._became_ready(session, "worker re-adopted", "sessions_readopted")
+        return session
+
+    async def _became_ready(self, session: Session, reason: str, metric: str) -> None:
+        """Its worker is Ready: READY, counted, announced, internal subscribers attached."""
+        if not session.transition(SessionState.READY, reason):
+            raise Unavailable(f"session {session.session_id} failed while opening: "
+                              f"{session.reason}")
+        self.metrics.inc(metric)
         await self.hooks.notify("sg_session_opened", session=session)
         self._start_internal_subscribers(session)
-        return session
 
     def _start_internal_subscribers(self, session: Session) -> None:
         for consumers in self.hooks.collect("sg_internal_subscribers", session=session):
