@@ -45,6 +45,8 @@ log = logging.getLogger("sessiongate.gateway")
 BOOTSTRAP_KEY_FILE = "bootstrap-admin.key"
 TOMBSTONES = 1024
 MAX_CLIENT_NAME = 256
+#: background tasks that start or stop a spare worker: awaited at shutdown, not cancelled
+SPARE_TASKS = frozenset({"spare-worker", "spare-stop"})
 
 
 class SessionManager:
@@ -374,8 +376,9 @@ class SessionManager:
         self.accepting = False
         if self._sweeper is not None:
             self._sweeper.cancel()
-        # spares still starting: let them finish (they stop themselves now), never cancel
-        await asyncio.gather(*(t for t in list(self._tasks) if t.get_name() == "spare-worker"),
+        # spares still starting (they stop themselves now) or being stopped: never cancel
+        # them halfway, or a worker process is left unreaped; they end by themselves
+        await asyncio.gather(*(t for t in list(self._tasks) if t.get_name() in SPARE_TASKS),
                              return_exceptions=True)
         spares, self._spares = self._spares, []
         await asyncio.gather(*(h.stop("not needed") for _s, h in spares),
