@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import getpass
 import json
 import os
 import pathlib
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -235,15 +237,45 @@ def _client_target(args: argparse.Namespace) -> tuple[str, str]:
     return server, key
 
 
+#: the first byte of a JSON text (after optional whitespace): anything else is binary
+_JSON_START = frozenset(b'{["-0123456789tfn \t\r\n')
+
+
 def event_json(event: Any) -> str:
     """One event as a JSON line: the payload decoded when it is JSON, else base64."""
     row: dict[str, Any] = {"sequence": event.sequence, "kind": event.kind,
-                           "time": event.time.ToJsonString()}
+                           "time": _timestamp_json(event.time.seconds, event.time.nanos)}
+    payload = event.payload
     try:
-        row["payload"] = json.loads(event.payload) if event.payload else None
+        if not payload:
+            row["payload"] = None
+        elif payload[0] not in _JSON_START:
+            raise ValueError("not JSON")  # skips the parser for plainly binary payloads
+        else:
+            row["payload"] = json.loads(payload)
     except ValueError:
-        row["payload_b64"] = base64.b64encode(event.payload).decode()
+        row["payload_b64"] = base64.b64encode(payload).decode()
     return json.dumps(row)
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def _timestamp_json(seconds: int, nanos: int) -> str:
+    """As protobuf's ``Timestamp.ToJsonString``, at a fraction of its cost (per event)."""
+    if not 0 <= seconds < 253402300800:
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        return Timestamp(seconds=seconds, nanos=nanos).ToJsonString()
+    if not nanos:
+        return _utc_second(seconds) + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{_utc_second(seconds)}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1000 == 0:
+        return f"{_utc_second(seconds)}.{nanos // 1000:06d}Z"
+    return f"{_utc_second(seconds)}.{nanos:09d}Z"
 
 
 async def _client(args: argparse.Namespace) -> int:
@@ -282,23 +314,36 @@ async def _client(args: argparse.Namespace) -> int:
 
 
 async def _stream(gw: Any, args: argparse.Namespace) -> int:
+    """Events as JSON lines on stdout, one write and flush per response."""
     from sessiongate.core import client as api
 
     printed = 0
-    async for item in gw.follow(args.session_id, after_sequence=args.after,
-                                subscriber_id=args.subscriber_id,
-                                reconnect=not args.no_reconnect):
-        if isinstance(item, api.GapNotice):
-            print(f"gap: events {item.requested_after + 1}..{item.oldest_available - 1} are "
-                  f"lost ({item.reason}); re-read the state you depend on", file=sys.stderr,
-                  flush=True)
-            continue
-        if isinstance(item, api.Reconnecting):
-            print(f"stream broken ({item.error}); reconnecting in {item.delay:.1f} s, "
-                  f"resuming after {item.after_sequence}", file=sys.stderr, flush=True)
-            continue
-        print(event_json(item), flush=True)
-        printed += 1
-        if args.max_events and printed >= args.max_events:
-            break
+    out = sys.stdout
+    async for batch in gw.follow_batches(args.session_id, after_sequence=args.after,
+                                         subscriber_id=args.subscriber_id,
+                                         reconnect=not args.no_reconnect):
+        lines = []
+        for item in batch:
+            if isinstance(item, api.GapNotice):
+                _flush_lines(out, lines)
+                print(f"gap: events {item.requested_after + 1}..{item.oldest_available - 1} "
+                      f"are lost ({item.reason}); re-read the state you depend on",
+                      file=sys.stderr, flush=True)
+            elif isinstance(item, api.Reconnecting):
+                print(f"stream broken ({item.error}); reconnecting in {item.delay:.1f} s, "
+                      f"resuming after {item.after_sequence}", file=sys.stderr, flush=True)
+            else:
+                lines.append(event_json(item))
+                printed += 1
+                if args.max_events and printed >= args.max_events:
+                    _flush_lines(out, lines)
+                    return 0
+        _flush_lines(out, lines)
     return 0
+
+
+def _flush_lines(out: Any, lines: list[str]) -> None:
+    if lines:
+        out.write("\n".join(lines) + "\n")
+        out.flush()
+        lines.clear()

@@ -121,6 +121,18 @@ class GatewayClient:
         Ends when the session closes; raises ``grpc.aio.AioRpcError`` for a
         non-retryable status or when the gateway stays away ``give_up_after`` s.
         """
+        async for batch in self.follow_batches(
+                session_id, after_sequence=after_sequence, subscriber_id=subscriber_id,
+                reconnect=reconnect, initial_delay=initial_delay, max_delay=max_delay,
+                give_up_after=give_up_after):
+            for item in batch:
+                yield item
+
+    async def follow_batches(self, session_id: str, *, after_sequence: int | None = None,
+                             subscriber_id: str = "", reconnect: bool = True,
+                             initial_delay: float = 0.1, max_delay: float = 5.0,
+                             give_up_after: float = 300.0) -> AsyncIterator[list[Any]]:
+        """:meth:`follow`, one list per response: for consumers that write in batches."""
         cursor = after_sequence
         if cursor is None and reconnect:
             # Our position before attaching: a resume replays from here, never skips.
@@ -136,15 +148,21 @@ class GatewayClient:
             try:
                 async for response in call:
                     delay, broken_for = initial_delay, 0.0
+                    batch: list[Any] = []
                     if response.HasField("gap"):
                         gap = response.gap
-                        yield GapNotice(gap.requested_after, gap.oldest_available,
-                                        gateway_pb2.GapReason.Name(gap.reason))
-                    for event in response.events:
-                        if cursor is not None and event.sequence <= cursor and resume_first:
-                            continue  # defensive: never yield a duplicate
-                        cursor = event.sequence
-                        yield event
+                        batch.append(GapNotice(gap.requested_after, gap.oldest_available,
+                                               gateway_pb2.GapReason.Name(gap.reason)))
+                    events = list(response.events)
+                    if events and resume_first and cursor is not None \
+                            and events[0].sequence <= cursor:
+                        # defensive: never yield a duplicate
+                        events = [e for e in events if e.sequence > cursor]
+                    if events:
+                        cursor = events[-1].sequence
+                        batch.extend(events)
+                    if batch:
+                        yield batch
                 return  # the session closed: the stream ended OK
             except grpc.aio.AioRpcError as exc:
                 if not reconnect or exc.code() not in RETRYABLE:
@@ -156,7 +174,7 @@ class GatewayClient:
                 resume_first = True
                 cursor = cursor or 0
                 pause = delay * random.uniform(0.5, 1.0)
-                yield Reconnecting(f"{exc.code().name}: {exc.details()}", pause, cursor)
+                yield [Reconnecting(f"{exc.code().name}: {exc.details()}", pause, cursor)]
                 await _sleep(pause)
                 broken_for += pause
                 delay = min(delay * 2, max_delay)

@@ -1,23 +1,39 @@
-"""Subscriptions and distributors: how a session's events reach its subscribers.
+"""Subscriptions, the event log and distributors: how a session's events reach its
+subscribers, and how fast its worker may produce them.
 
-The session's worker reader is the *pump*: the only consumer of the worker's
-event stream, and the only writer of every subscription's buffer. It calls
-:meth:`Distributor.publish` with each batch; publishing never blocks and never
-awaits. Each subscriber reads its own bounded buffer at its own pace; one that
-falls too far behind is dealt with alone (disconnect, skip with a gap) unless
-the deployer asked ``fail_fast`` and it is the session's only external one.
+* The session's worker reader is the *pump*: the only writer. It appends each batch
+  to the session's :class:`EventLog` (one copy of every event, addressed by a
+  contiguous index) and never awaits.
+* A :class:`Subscription` is a *cursor* into that log: it holds no events of its own,
+  so a subscriber's lag costs references, never copies, and a batch of any size fits.
+* **Pacing.** Subscribers that want every event (external, overflow policy
+  DISCONNECT or ``fail_fast``) *pace* the worker: it is granted credit to send at
+  most a window of events past the newest one handed to the fastest of them
+  (:class:`Distributor` tells the worker through ``grant``). With no pacing
+  subscriber (none, or only SKIP and internal ones) the worker runs free.
+* **Laggards.** A subscriber more than ``capacity`` (``events.queue_capacity``)
+  events behind the head (the fastest pacer's position; the newest event when
+  nobody paces), whose next event the replay retention no longer keeps either,
+  meets its overflow policy alone: disconnected, skipped ahead with a
+  ``SLOW_SUBSCRIBER`` gap, or - ``fail_fast`` and the only external one - the
+  session faults.
+* **Stalls.** The fastest pacer taking nothing for ``stall_timeout`` seconds while
+  the worker waits on its credit meets its overflow policy the same way.
 
 Core's :class:`Distributor` allows one external subscriber (a second one gets
-``ALREADY_EXISTS``); the fanout plugin subclasses it for many, with a replay ring.
+``ALREADY_EXISTS``) and keeps no history; the fanout plugin subclasses it for many,
+with a replay retention on the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import dataclasses
 import logging
 import operator
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +49,24 @@ from sessiongate.v1 import gateway_pb2
 if TYPE_CHECKING:
     from sessiongate.core.auth import Identity
 
-__all__ = ["GRPC", "INTERNAL", "Distributor", "Event", "Gap", "Subscription"]
+__all__ = ["GRPC", "INTERNAL", "Distributor", "Event", "EventLog", "Gap", "Subscription"]
 
 log = logging.getLogger("sessiongate.events")
 
 Event = gateway_pb2.Event
 GRPC = "grpc-event-stream"
 INTERNAL = "internal"
+
+#: The pacing window: the worker may run this many events past the fastest pacer at
+#: most (fewer for large events, so the window stays near PACE_WINDOW_BYTES).
+PACE_WINDOW_EVENTS = 8192
+PACE_WINDOW_BYTES = 4 << 20
+#: a slower pacing subscriber holds the others back while it took something this recently
+HOLD_SECONDS = 1.0
+#: holes (worker-side sequence jumps) remembered per log at most
+MAX_HOLES = 1024
+#: trimmed entries are compacted away once there are this many and half the list
+_COMPACT_AT = 1024
 
 
 def _field_prefix(tag: int, size: int) -> bytes:
@@ -116,10 +143,135 @@ class Gap:
                                      reason=self.reason)
 
 
-class Subscription:
-    """One subscriber's bounded backlog. One writer (the pump), one reader (its stream).
+_sequence_of = operator.attrgetter("sequence")
+_cursor_of = operator.attrgetter("cursor")
 
-    :param capacity: events buffered at most (``events.queue_capacity``).
+
+class EventLog:
+    """A session's retained events, oldest first, addressed by a contiguous index.
+
+    It keeps what some subscriber has not read yet and, for resuming subscribers,
+    the newest ``retain`` events that are not older than ``max_age`` seconds (the
+    fanout plugin's replay ring; core keeps none). The clock is injectable so age
+    retention is testable without sleeping. Touched only from the event loop, with
+    no await in between, so it needs no lock.
+
+    :param retain: newest events kept for replay whoever has read them (0: none).
+    :param max_age: their maximum age in seconds (0: no age limit).
+    """
+
+    def __init__(self, retain: int = 0, max_age: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.retain = retain
+        self.max_age = max_age
+        self.clock = clock
+        self._items: list[Any] = []
+        self._dead = 0  # leading entries of _items already trimmed, compacted lazily
+        self.start = 0  # index of the oldest retained event
+        self.newest = 0  # the newest sequence ever appended or announced
+        self.floor = 0  # sequences <= floor were never seen by this log
+        self.floor_reason: int = gateway_pb2.GATEWAY_RESTARTED
+        self.removed_reason: int = gateway_pb2.EVICTED  # why the event below start went
+        #: worker-side jumps: index of the first event after the jump -> its gap
+        self.holes: dict[int, Gap] = {}
+        self._stamps: collections.deque[tuple[float, int]] = collections.deque()
+        self._expired = 0  # events below this index are older than max_age
+
+    def __len__(self) -> int:
+        return len(self._items) - self._dead
+
+    def __repr__(self) -> str:
+        return f"<EventLog [{self.start}, {self.end}) newest={self.newest}>"
+
+    @property
+    def end(self) -> int:
+        """The index the next appended event gets."""
+        return self.start + len(self._items) - self._dead
+
+    def append(self, events: Sequence[Any]) -> None:
+        self._items.extend(events)
+        self.newest = max(self.newest, events[-1].sequence)
+        if self.max_age:
+            self._stamps.append((self.clock(), self.end))
+
+    def add_hole(self, gap: Gap) -> None:
+        """The worker's sequence jumps right before the next event appended."""
+        holes = self.holes
+        holes[self.end] = gap
+        if len(holes) > MAX_HOLES:
+            del holes[next(iter(holes))]
+
+    def set_floor(self, sequence: int, reason: int) -> None:
+        """A log rebuilt mid-session: nothing at or below ``sequence`` will come.
+
+        Called again with a lower floor when older retained events turn up (the
+        worker's history arrives after its position): the latest call wins.
+        """
+        self.floor = sequence
+        self.floor_reason = reason
+        self.newest = max(self.newest, sequence)
+
+    def read(self, index: int, count: int) -> list[Any]:
+        i = index - self.start + self._dead
+        return self._items[i:i + count]
+
+    def sequence_at(self, index: int) -> int:
+        """The sequence of the event at ``index``; past the end, the next one to come."""
+        if index >= self.end:
+            return self.newest + 1
+        return self._items[index - self.start + self._dead].sequence
+
+    def replay_start(self) -> int:
+        """The oldest index the replay retention still keeps (count and age)."""
+        keep = self.end - self.retain
+        if self.max_age:
+            cutoff = self.clock() - self.max_age
+            stamps = self._stamps
+            while stamps and stamps[0][0] <= cutoff:
+                self._expired = stamps.popleft()[1]
+            keep = max(keep, self._expired)
+        return keep
+
+    def trim(self, keep_from: int) -> None:
+        """Forget the events below index ``keep_from``."""
+        count = min(keep_from, self.end) - self.start
+        if count <= 0:
+            return
+        self.removed_reason = (gateway_pb2.EVICTED if keep_from <= self.end - self.retain
+                               else gateway_pb2.EXPIRED)
+        self.start += count
+        self._dead += count
+        if self._dead >= _COMPACT_AT and self._dead * 2 >= len(self._items):
+            del self._items[:self._dead]
+            self._dead = 0
+        if self.holes and next(iter(self.holes)) < self.start:
+            self.holes = {i: g for i, g in self.holes.items() if i >= self.start}
+
+    def locate(self, after_sequence: int) -> tuple[int, Gap | None]:
+        """Where a subscriber resuming after ``after_sequence`` starts, and the gap it is
+        told about first (``None``: nothing it asked for is missing)."""
+        if after_sequence >= self.newest:
+            return self.end, None
+        i = bisect.bisect_right(self._items, after_sequence, lo=self._dead, key=_sequence_of)
+        index = i - self._dead + self.start
+        first = self.sequence_at(index)
+        if first == after_sequence + 1:
+            return index, None
+        hole = self.holes.get(index)
+        if index > self.start:  # the cursor points into a worker-side jump
+            reason = hole.reason if hole else gateway_pb2.WORKER_DISCONNECTED
+        elif first - 1 <= self.floor:  # never seen: below where a rebuilt log starts
+            reason = self.floor_reason
+        elif hole is not None and hole.requested_after <= after_sequence:
+            reason = hole.reason
+        else:
+            reason = self.removed_reason
+        return index, Gap(after_sequence, first, reason)
+
+
+class Subscription:
+    """One subscriber: a cursor into its session's :class:`EventLog`. One reader.
+
     :param kind: metric label (``grpc-event-stream``, ``internal``, a plugin's name).
     :param external: a client stream (counts toward caps and attachment) or gateway-owned.
     :param skip: on overflow jump ahead with a ``SLOW_SUBSCRIBER`` gap instead of failing.
@@ -129,11 +281,9 @@ class Subscription:
         alive and counts as attached for detach-grace (owner's and admins' streams).
     """
 
-    def __init__(self, *, capacity: int, kind: str = GRPC, external: bool = True,
-                 subscriber_id: str = "", identity: Identity | None = None,
-                 skip: bool = False, keeps_alive: bool = True,
-                 policy: str | None = None) -> None:
-        self.capacity = capacity
+    def __init__(self, *, kind: str = GRPC, external: bool = True, subscriber_id: str = "",
+                 identity: Identity | None = None, skip: bool = False,
+                 keeps_alive: bool = True, policy: str | None = None) -> None:
         self.policy = policy  # overrides the deployer's policy (on_overflow = DISCONNECT)
         self.kind = kind
         self.external = external
@@ -141,12 +291,16 @@ class Subscription:
         self.identity = identity
         self.skip = skip
         self.keeps_alive = keeps_alive and external
-        self.buffer: collections.deque[Any] = collections.deque()
-        self.taken_upto = 0  # sequence of the last event handed to the reader
+        self.distributor: Distributor | None = None
+        self.cursor = 0  # index of the next event to hand out
+        self.taken_upto = 0  # sequence of the last event handed out (or the resume point)
+        self.replay_end = 0  # the log's end when it attached: where history meets live
+        #: time.monotonic() of its last take, or of the publish that ended its having
+        #: nothing to take (stall detection: how long it has left events waiting)
+        self.last_take = 0.0
         self.pending_gap: Gap | None = None
-        #: gaps to announce inside the backlog: first sequence after the hole → gap
-        self.holes: dict[int, Gap] = {}
         self.ended = False
+        self._stop_at: int | None = None  # once ended: the index it reads up to
         self.error: GatewayError | None = None
         self.end_reason = ""
         self.skipped = 0
@@ -154,38 +308,36 @@ class Subscription:
 
     def __repr__(self) -> str:
         return (f"<Subscription {self.kind} id={self.subscriber_id or '-'} "
-                f"backlog={len(self.buffer)} ended={self.ended}>")
+                f"backlog={self.backlog} ended={self.ended}>")
 
-    # -- writer side (the pump) --------------------------------------------------------
+    @property
+    def paces(self) -> bool:
+        """It wants every event (an external stream, not SKIP): the worker waits for it."""
+        return self.external and not self.skip
 
-    def offer(self, events: Sequence[Any]) -> bool:
-        """Append a batch without blocking. ``False``: it does not fit (overflow)."""
-        if self.ended:
-            return True
-        if len(self.buffer) + len(events) <= self.capacity:
-            self.buffer.extend(events)
-            self._wake.set()
-            return True
-        if not self.skip:
-            return False
-        # Jump ahead: drop the backlog, keep the newest that fit, name what was missed.
-        after = self.pending_gap.requested_after if self.pending_gap else self.taken_upto
-        self.buffer.extend(events)
-        dropped = len(self.buffer) - self.capacity
-        self.skipped += dropped
-        for _ in range(dropped):
-            self.buffer.popleft()
-        kept = self.buffer
-        self.pending_gap = Gap(after, kept[0].sequence, gateway_pb2.SLOW_SUBSCRIBER)
-        self._wake.set()
-        return True
+    @property
+    def backlog(self) -> int:
+        """Events published and not yet handed to the reader."""
+        dist = self.distributor
+        if dist is None:
+            return 0
+        end = dist.log.end if self._stop_at is None else self._stop_at
+        return max(0, end - self.cursor)
 
-    def preload(self, gap: Gap | None, events: Sequence[Any]) -> None:
-        """Replayed history, before the subscription is registered (no pump race)."""
+    def attach(self, distributor: Distributor, cursor: int, taken_upto: int,
+               gap: Gap | None) -> None:
+        """Called by the distributor that registers it (no await in between)."""
+        self.distributor = distributor
+        self.cursor = cursor
+        self.taken_upto = taken_upto
+        self.replay_end = distributor.log.end
         self.pending_gap = gap
-        self.buffer.extend(events)
-        if gap or events:
+        self.last_take = time.monotonic()
+        if gap is not None or cursor < self.replay_end:
             self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
 
     def end(self, error: GatewayError | None = None, *, reason: str = "",
             drain: bool = False) -> bool:
@@ -198,35 +350,14 @@ class Subscription:
         self.ended = True
         self.error = error
         self.end_reason = reason or (error.message if error else "ended")
-        if not drain:
-            self.buffer.clear()
+        dist = self.distributor
+        if drain and dist is not None:
+            self._stop_at = dist.log.end
+        else:
+            self._stop_at = self.cursor
             self.pending_gap = None
         self._wake.set()
         return True
-
-    def mark_hole(self, before_sequence: int, gap: Gap) -> None:
-        """Announce ``gap`` right before the event ``before_sequence`` (a worker-side jump)."""
-        if not self.ended:
-            self.holes[before_sequence] = gap
-
-    def _hole_cut(self, gap: Gap | None, n: int) -> tuple[Gap | None, int]:
-        """Stop a batch before the next hole; deliver the hole's gap first (rare path)."""
-        buffer = self.buffer
-        for before in sorted(self.holes):
-            if buffer and buffer[0].sequence >= before:
-                hole = self.holes.pop(before)
-                if gap is None:
-                    gap = hole
-                else:  # two gaps meet: one notice spanning both
-                    gap = Gap(gap.requested_after, hole.oldest_available, hole.reason)
-                continue
-            for i in range(n):
-                if buffer[i].sequence >= before:
-                    return gap, i
-            break
-        if not buffer:
-            self.holes = {k: v for k, v in self.holes.items() if k > self.taken_upto}
-        return gap, n
 
     # -- reader side -------------------------------------------------------------------
 
@@ -236,21 +367,13 @@ class Subscription:
         Raises the subscription's error once its backlog is gone.
         """
         while True:
-            buffer = self.buffer
-            if buffer or self.pending_gap:
-                gap, self.pending_gap = self.pending_gap, None
-                n = min(max_events, len(buffer))
-                if self.holes:
-                    gap, n = self._hole_cut(gap, n)
-                if n == len(buffer):
-                    events = list(buffer)
-                    buffer.clear()
-                else:
-                    pop = buffer.popleft
-                    events = [pop() for _ in range(n)]
-                if events:
-                    self.taken_upto = events[-1].sequence
-                return gap, events
+            dist = self.distributor
+            if dist is not None:
+                log_ = dist.log
+                end = log_.end if self._stop_at is None else self._stop_at
+                cursor = self.cursor
+                if cursor < end or self.pending_gap is not None:
+                    return self._take(dist, log_, cursor, min(max_events, end - cursor))
             if self.ended:
                 if self.error is not None:
                     raise self.error
@@ -258,12 +381,45 @@ class Subscription:
             self._wake.clear()
             await self._wake.wait()
 
+    def _take(self, dist: Distributor, log_: EventLog, cursor: int,
+              count: int) -> tuple[Gap | None, list[Any]]:
+        gap, self.pending_gap = self.pending_gap, None
+        if log_.holes and count > 0:
+            gap, count = self._around_holes(log_, gap, cursor, count)
+        if count <= 0:
+            return gap, []
+        events = log_.read(cursor, count)
+        self.cursor = cursor + count
+        self.taken_upto = events[-1].sequence
+        if self.paces:
+            dist.advanced(self)
+        return gap, events
+
+    def _around_holes(self, log_: EventLog, gap: Gap | None, cursor: int,
+                      count: int) -> tuple[Gap | None, int]:
+        """Announce a worker-side jump right before the event after it (rare path)."""
+        hole = log_.holes.get(cursor)
+        if hole is not None and gap is None:
+            gap = Gap(self.taken_upto, hole.oldest_available, hole.reason)
+        for index in log_.holes:
+            if cursor < index < cursor + count:
+                count = index - cursor
+        return gap, count
+
 
 class Distributor:
-    """Delivers a session's events to its subscriptions; core allows one external.
+    """Delivers a session's events to its subscriptions and paces its worker; core
+    allows one external subscriber.
 
+    :param capacity: how far a subscriber may fall behind the head
+        (``events.queue_capacity``).
     :param fault_session: called with a reason to fault the session (``fail_fast``).
     :param on_release: called once per subscription when it leaves for any reason.
+    :param grant: called with how many more events the worker may send beyond those
+        published so far, or ``None`` when it may run free; only when that changes.
+    :param stall_timeout: seconds the fastest pacer may take nothing while the worker
+        waits on it (``events.stall_timeout_seconds``).
+    :param log: the event log (the fanout plugin passes one with replay retention).
     """
 
     max_external: int | None = 1
@@ -272,17 +428,27 @@ class Distributor:
     def __init__(self, *, session_id: str, capacity: int, policy: str,
                  fault_session: Callable[[str], None],
                  on_release: Callable[[Subscription, str], None],
-                 count_overflow: Callable[[str], None] | None = None) -> None:
+                 count_overflow: Callable[[str], None] | None = None,
+                 grant: Callable[[int | None], None] | None = None,
+                 stall_timeout: float = 30.0, log: EventLog | None = None) -> None:
         self.session_id = session_id
         self.capacity = capacity
         self.policy = policy
         self._fault_session = fault_session
         self._on_release = on_release
         self._count_overflow = count_overflow or (lambda kind: None)
+        self._grant = grant or (lambda through: None)
+        self.stall_timeout = stall_timeout
+        self.log = log if log is not None else EventLog()
         self.subscriptions: list[Subscription] = []
         self.external_count = 0
         self.closed: GatewayError | bool | None = False
         self.last_sequence = 0
+        #: the log index the worker may fill the log up to; None: it runs free
+        self.granted: int | None = None
+        self.window = PACE_WINDOW_EVENTS
+        self._event_bytes = 0.0  # moving average of an event's size on the wire
+        self._stall: asyncio.TimerHandle | None = None
 
     # -- registration (no await anywhere: check and change in one step) -----------------
 
@@ -294,7 +460,8 @@ class Distributor:
                 "(enable the fanout plugin for more than one)")
 
     def subscribe(self, sub: Subscription, *, after_sequence: int | None = None) -> Subscription:
-        """Register ``sub``; with ``after_sequence``, preload what is retained after it."""
+        """Register ``sub`` at the head; with ``after_sequence``, at the retained event
+        after it (replay is read where it lies in the log)."""
         if self.closed is not False:
             raise FailedPrecondition(f"session {self.session_id} has ended")
         if after_sequence is not None:
@@ -302,15 +469,19 @@ class Distributor:
                 raise FailedPrecondition(
                     "after_sequence needs a distributor with a replay ring "
                     "(plugins.fanout.enabled and plugins.reconnect.enabled)")
-            self._preload(sub, after_sequence)
+            self._trim()
+            cursor, gap = self.log.locate(after_sequence)
+            taken = after_sequence
+        else:
+            cursor, gap, taken = self.log.end, None, self.last_sequence
         self._check_admission(sub)
+        sub.attach(self, cursor, taken, gap)
         self.subscriptions = [*self.subscriptions, sub]
         if sub.external:
             self.external_count += 1
+        if sub.paces:
+            self._repace()
         return sub
-
-    def _preload(self, sub: Subscription, after_sequence: int) -> None:
-        raise NotImplementedError
 
     def unsubscribe(self, sub: Subscription, reason: str = "detached") -> bool:
         """Remove ``sub`` (idempotent, safe while publishing). True if it was registered."""
@@ -321,58 +492,212 @@ class Distributor:
             self.external_count -= 1
         sub.end(reason=reason)
         self._on_release(sub, reason)
+        if sub.paces:
+            self._repace()
         return True
 
     # -- the pump ----------------------------------------------------------------------
 
-    def publish(self, events: Sequence[Any]) -> None:
-        """Deliver a batch to every subscription, in order, without blocking."""
+    def publish(self, events: Sequence[Any], nbytes: int = 0) -> None:
+        """Append a batch for every subscription, in order, without blocking.
+
+        :param nbytes: the batch's size on the wire, when known (sizes the window).
+        """
+        if self.closed is not False or not events:
+            return
+        log_ = self.log
+        was_end = log_.end
+        log_.append(events)
         self.last_sequence = events[-1].sequence
+        if nbytes:
+            self._resize_window(nbytes / len(events))
+        now = time.monotonic()
         for sub in self.subscriptions:  # a snapshot: lists are replaced, never mutated
-            if not sub.offer(events):
-                self._overflow(sub)
+            if sub.cursor >= was_end:
+                sub.last_take = now  # it had nothing to take until now: not idle
+            sub._wake.set()
+        self._enforce()
 
     def restore(self, events: Sequence[Any], *, floor: int | None, reason: int) -> None:
         """The session was re-adopted after a gateway restart (reattach).
 
         ``events`` are what the worker still holds (oldest first); nothing at or below
-        ``floor`` will ever be available, for ``reason``. Core keeps no history, so it
-        only learns the position; a distributor with a replay ring rebuilds it.
+        ``floor`` will ever be available, for ``reason``. The log keeps what its replay
+        retention allows (core's: nothing) and learns the position.
         """
-        if events:
-            self.last_sequence = max(self.last_sequence, events[-1].sequence)
-        elif floor is not None:
+        if floor is not None:
+            self.log.set_floor(floor, reason)
             self.last_sequence = max(self.last_sequence, floor)
+        if events:
+            self.log.append(events)
+            self.last_sequence = max(self.last_sequence, events[-1].sequence)
+        self._trim()
 
     def publish_hole(self, last_before: int, first_after: int, reason: int) -> None:
-        """The worker's sequence jumps from ``last_before`` to ``first_after``: tell everyone."""
-        for sub in self.subscriptions:
-            sub.mark_hole(first_after, Gap(last_before, first_after, reason))
+        """The worker's sequence jumps from ``last_before`` to ``first_after``: every
+        subscriber is told in place, live and on replay."""
+        self.log.add_hole(Gap(last_before, first_after, reason))
 
-    def _overflow(self, sub: Subscription) -> None:
+    def _enforce(self) -> None:
+        """Deal with laggards, forget what nobody needs, watch for a stalled pacer."""
+        log_ = self.log
+        replay_start = log_.replay_start()
+        subs = self.subscriptions
+        if subs:
+            head = max([s.cursor for s in subs if s.paces], default=log_.end)
+            lowest = min(head - self.capacity, replay_start)
+            for sub in subs:
+                if sub.cursor < lowest:
+                    self._overflow(sub, head)
+                    if self.closed is not False:
+                        return
+            subs = self.subscriptions
+        log_.trim(min([replay_start, *[s.cursor for s in subs]]))
+        if self.granted is not None and log_.end >= self.granted:
+            self._arm_stall()
+
+    def _trim(self) -> None:
+        subs = self.subscriptions
+        self.log.trim(min([self.log.replay_start(), *[s.cursor for s in subs]]))
+
+    # -- pacing --------------------------------------------------------------------------
+
+    def _resize_window(self, event_bytes: float) -> None:
+        average = self._event_bytes
+        average = event_bytes if not average else average + (event_bytes - average) / 8
+        self._event_bytes = average
+        self.window = max(1, min(PACE_WINDOW_EVENTS, int(PACE_WINDOW_BYTES // average)))
+
+    def _limit(self, pacers: list[Subscription]) -> int:
+        """The log index the worker may fill the log up to, with ``pacers`` attached.
+
+        At most a window past the fastest; and never more than ``capacity`` past a
+        slower pacer that is keeping up (took something within ``HOLD_SECONDS``, or has
+        nothing to take) and is not already a laggard: a healthy subscriber slower
+        than the others slows them down instead of being cut. One that stops taking
+        stops holding the others back; it then falls behind alone.
+        """
+        end = self.log.end
+        fastest = max(pacers, key=_cursor_of)
+        head = fastest.cursor
+        limit = head + self.window
+        if len(pacers) > 1:
+            lowest = head - self.capacity
+            since = time.monotonic() - min(HOLD_SECONDS, self.stall_timeout)
+            for sub in pacers:
+                if sub is not fastest and sub.cursor >= lowest and (
+                        sub.last_take >= since or sub.cursor >= end):
+                    limit = min(limit, sub.cursor + self.capacity)
+        return limit
+
+    def advanced(self, sub: Subscription) -> None:
+        """A pacing subscriber took events (its reader calls this, no await)."""
+        sub.last_take = time.monotonic()
+        granted = self.granted
+        if granted is None or self.closed is not False:
+            return
+        limit = self._limit([s for s in self.subscriptions if s.paces])
+        step = max(1, min(self.window, self.capacity) // 4)
+        if limit > granted and (limit - granted >= step or self.log.end + step >= granted):
+            self._send_grant(limit)
+
+    def _repace(self) -> None:
+        """The set of pacing subscribers changed: recompute the grant."""
+        if self.closed is not False:
+            return
+        pacers = [s for s in self.subscriptions if s.paces]
+        if not pacers:
+            self._cancel_stall()
+            if self.granted is not None:
+                self._send_grant(None)
+            return
+        limit = self._limit(pacers)
+        if limit != self.granted:
+            self._send_grant(limit)
+        if self.log.end >= limit:
+            self._arm_stall()
+
+    def _send_grant(self, limit: int | None) -> None:
+        """Counted in events, not sequences: a worker that dropped events (overrun)
+        jumps ahead in sequence but not in what it sent."""
+        self.granted = limit
+        self._grant(None if limit is None else max(0, limit - self.log.end))
+
+    def _arm_stall(self) -> None:
+        """The worker waits on its grant: look again every so often while it does."""
+        if self._stall is None:
+            self._stall = asyncio.get_running_loop().call_later(
+                min(HOLD_SECONDS, self.stall_timeout), self._check_stall)
+
+    def _cancel_stall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _check_stall(self) -> None:
+        """While the worker waits: release it from pacers that stopped taking; deal
+        with the fastest pacer when it has taken nothing for ``stall_timeout``."""
+        self._stall = None
+        if self.closed is not False or self.granted is None or self.log.end < self.granted:
+            return  # nobody paces, or the worker is not held back any more
+        pacers = [s for s in self.subscriptions if s.paces]
+        if not pacers:
+            return
+        limit = self._limit(pacers)
+        if limit > self.granted:
+            self._send_grant(limit)
+            return
+        lead = max(pacers, key=_cursor_of)
+        if time.monotonic() - lead.last_take >= self.stall_timeout:
+            self._overflow(lead, lead.cursor, stalled=True)
+            if self.closed is not False or self._stall is not None:
+                return
+        self._arm_stall()
+
+    # -- overflow ------------------------------------------------------------------------
+
+    def _overflow(self, sub: Subscription, head: int, *, stalled: bool = False) -> None:
         self._count_overflow(sub.kind)
+        who = sub.subscriber_id or sub.kind
+        if stalled:
+            detail = (f"the subscriber took no event for {self.stall_timeout:g} s while the "
+                      "worker waited for it (events.stall_timeout_seconds)")
+        else:
+            detail = (f"the subscriber fell more than {self.capacity} events behind "
+                      "(events.queue_capacity)")
+        if sub.skip:
+            self._skip_ahead(sub, head)
+            return
         only_external = sub.external and self.external_count == 1
         if sub.external and (sub.policy or self.policy) == "fail_fast" and only_external:
-            log.warning("session %s: subscriber %s overflowed (%d buffered); fail_fast "
-                        "faults the session", self.session_id, sub.subscriber_id or sub.kind,
-                        len(sub.buffer))
-            self._fault_session(OVERFLOW_MESSAGE)
+            log.warning("session %s: subscriber %s overflowed (%d behind): %s; fail_fast "
+                        "faults the session", self.session_id, who, sub.backlog, detail)
+            self._fault_session(f"{OVERFLOW_MESSAGE}: {detail}")
             return
-        log.info("session %s: subscriber %s overflowed (%d buffered); disconnected",
-                 self.session_id, sub.subscriber_id or sub.kind, len(sub.buffer))
-        sub.end(ResourceExhausted(f"{OVERFLOW_MESSAGE}: the subscriber fell more than "
-                                  f"{sub.capacity} events behind"), reason="overflow")
+        log.info("session %s: subscriber %s overflowed (%d behind): %s; disconnected",
+                 self.session_id, who, sub.backlog, detail)
+        sub.end(ResourceExhausted(f"{OVERFLOW_MESSAGE}: {detail}"), reason="overflow")
         self.unsubscribe(sub, "overflow")
+
+    def _skip_ahead(self, sub: Subscription, head: int) -> None:
+        """SKIP: keep the newest ``capacity`` events behind the head, name what was missed."""
+        log_ = self.log
+        target = max(head - self.capacity, log_.start, sub.cursor)
+        after = sub.pending_gap.requested_after if sub.pending_gap else sub.taken_upto
+        sub.skipped += target - sub.cursor
+        sub.cursor = target
+        sub.pending_gap = Gap(after, log_.sequence_at(target), gateway_pb2.SLOW_SUBSCRIBER)
+        sub.wake()
 
     def close(self, error: GatewayError | None = None) -> None:
         """The session ended: end every subscription (backlog first), idempotent."""
         if self.closed is not False:
             return
         self.closed = error if error is not None else True
+        self._cancel_stall()
         subs, self.subscriptions = self.subscriptions, []
         for sub in subs:
             sub.end(error, reason=error.message if error else "session closed", drain=True)
             if sub.external:
                 self.external_count -= 1
             self._on_release(sub, "session ended")
-

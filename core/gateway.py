@@ -131,15 +131,19 @@ class SessionManager:
                                          returncode=returncode), "worker-exited")
         return exited
 
-    def distributor_options(self, session: Session) -> dict[str, Any]:
+    def distributor_options(self, session: Session, **extra: Any) -> dict[str, Any]:
         """The keyword arguments every :class:`Distributor` of ``session`` needs."""
+        events = self.settings.events
         return {
             "session_id": session.session_id,
-            "capacity": int(self.settings.events.queue_capacity),
-            "policy": str(self.settings.events.backpressure_policy),
+            "capacity": int(events.queue_capacity),
+            "policy": str(events.backpressure_policy),
+            "stall_timeout": float(events.stall_timeout_seconds),
             "fault_session": session.fault,
             "on_release": self.subscription_released(session),
             "count_overflow": self.overflow_counter(session),
+            "grant": session.grant,
+            **extra,
         }
 
     def overflow_counter(self, session: Session) -> Callable[[str], None]:
@@ -267,7 +271,7 @@ class SessionManager:
             log.warning("spare worker pid %s lost: %s", handle.pid, reason)
             self._spares = [(s, h) for s, h in self._spares if h is not handle]
 
-        handle.bind(on_events=lambda events: None, on_fault=lost)
+        handle.bind(on_events=lambda *batch: None, on_fault=lost)
         if not self.accepting:  # shutdown began while it started: shutdown won't see it
             await handle.stop("not needed")
             return
@@ -319,8 +323,7 @@ class SessionManager:
         for consumers in self.hooks.collect("sg_internal_subscribers", session=session):
             for consumer in consumers:
                 name = getattr(consumer, "__name__", "internal")
-                sub = Subscription(capacity=int(self.settings.events.queue_capacity),
-                                   kind=name, external=False)
+                sub = Subscription(kind=name, external=False)
                 try:
                     session.subscribe(sub)
                 except Exception:

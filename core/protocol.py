@@ -24,11 +24,13 @@ __all__ = [
     "FrameError",
     "FrameTooLarge",
     "MalformedFrame",
+    "credit",
     "encode",
     "read_frame",
+    "read_sized_frame",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: event credit (Credit, Welcome.credit, EventBatch.overrun)
 HEADER = struct.Struct(">I")
 
 # Environment of a worker process (the nonce is removed from os.environ on start).
@@ -55,6 +57,14 @@ class MalformedFrame(FrameError):
     pass
 
 
+def credit(through_count: int | None) -> worker_pb2.Credit:
+    """The event credit: ``through_count`` events on this connection in all (``None``:
+    send freely)."""
+    if through_count is None:
+        return worker_pb2.Credit(paced=False)
+    return worker_pb2.Credit(paced=True, through_count=through_count)
+
+
 def encode(frame: worker_pb2.WorkerFrame) -> bytes:
     data = frame.SerializeToString()
     return HEADER.pack(len(data)) + data
@@ -62,6 +72,12 @@ def encode(frame: worker_pb2.WorkerFrame) -> bytes:
 
 async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> worker_pb2.WorkerFrame:
     """Read one frame; ``asyncio.IncompleteReadError`` at a clean EOF."""
+    return (await read_sized_frame(reader, max_bytes))[0]
+
+
+async def read_sized_frame(reader: asyncio.StreamReader,
+                           max_bytes: int) -> tuple[worker_pb2.WorkerFrame, int]:
+    """Read one frame and its size in bytes; ``asyncio.IncompleteReadError`` at EOF."""
     header = await reader.readexactly(HEADER.size)
     (size,) = HEADER.unpack(header)
     if size > max_bytes:
@@ -74,4 +90,4 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> worker_pb2
         raise MalformedFrame(f"malformed frame ({size} bytes): {exc}") from None
     if frame.WhichOneof("body") is None:
         raise MalformedFrame(f"frame ({size} bytes) carries no known message")
-    return frame
+    return frame, size

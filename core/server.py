@@ -149,11 +149,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             await self.gateway.hooks.veto("sg_subscriber_attach", session=session,
                                           identity=identity, request=request)
             skip = request.on_overflow == gateway_pb2.SKIP
-            capacity = int(self.gateway.settings.events.queue_capacity)
             keeps_alive = self.gateway.hooks.decide("sg_stream_keeps_alive", session=session,
                                                     identity=identity)
             sub = Subscription(
-                capacity=capacity, subscriber_id=request.subscriber_id, identity=identity,
+                subscriber_id=request.subscriber_id, identity=identity,
                 skip=skip, keeps_alive=keeps_alive is not False,
                 policy="disconnect_subscriber"
                 if request.on_overflow == gateway_pb2.DISCONNECT else None)
@@ -184,8 +183,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         ends. Each carries up to ``max_batch`` events and about ``MAX_RESPONSE_BYTES`` at
         most (gRPC clients refuse messages over 4 MiB), joined from the events' bytes.
         """
-        pending_history = len(sub.buffer) if replaying else 0
-        if pending_history == 0 and sub.pending_gap is None:
+        # A resumed stream's history ends where the log ended when it attached.
+        history_end = sub.replay_end if replaying else None
+        if history_end is None or (sub.cursor >= history_end and sub.pending_gap is None):
+            history_end = None
             yield encode_response((), caught_up=True)
         next_ = sub.next
         while True:
@@ -198,13 +199,13 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             whole = encode_response(events)
             chunks = ((events,) if len(whole) <= MAX_RESPONSE_BYTES or len(events) < 2
                       else _by_size(events))
+            position = sub.cursor - len(events)  # the log index of the first event
             for i, chunk in enumerate(chunks):
                 caught_up = False
-                if pending_history > 0:
-                    pending_history -= len(chunk)
-                    caught_up = pending_history <= 0
-                elif replaying and gap is not None and not events:
-                    caught_up = True
+                if history_end is not None:
+                    position += len(chunk)
+                    if position >= history_end:
+                        caught_up, history_end = True, None
                 if len(chunks) == 1:
                     yield whole + encode_response((), gap, caught_up)
                 else:

@@ -132,33 +132,55 @@ class Session:
 
     # -- events (the pump) -------------------------------------------------------------
 
-    def on_events(self, events: list[Any]) -> None:
-        """A batch from the worker: check the sequence, then hand it to the distributor."""
+    def on_events(self, events: list[Any], nbytes: int = 0, overrun: bool = False) -> None:
+        """A batch from the worker: check the sequence, then hand it to the distributor.
+
+        :param nbytes: the frame's size (sizes the pacing window).
+        :param overrun: the worker dropped events right before this batch
+            (``WORKER_OVERRUN``); any other jump is ``WORKER_DISCONNECTED``.
+        """
         sequences = [e.sequence for e in events]
         expected = self.last_sequence + 1
         if sequences != list(range(expected, expected + len(sequences))):
-            if not self._check_jumps(sequences, expected):
-                return
+            self._publish_with_jumps(events, sequences, expected, overrun)
+            return
         self.last_sequence = sequences[-1]
         if self.distributor is not None and self.state != SessionState.FAULTED:
             # encoded once here, for every subscriber
-            self.distributor.publish(to_wire(events, sequences))
+            self.distributor.publish(to_wire(events, sequences), nbytes)
 
-    def _check_jumps(self, sequences: list[int], expected: int) -> bool:
-        """Not contiguous: record forward jumps; a repeat or a step back faults (False)."""
-        for seq in sequences:
+    def _publish_with_jumps(self, events: list[Any], sequences: list[int], expected: int,
+                            overrun: bool) -> None:
+        """Not contiguous: a repeat or a step back faults; forward jumps become holes
+        announced in place, between the runs before and after them."""
+        runs: list[tuple[int, int]] = []  # (index where a run starts, its expected sequence)
+        for i, seq in enumerate(sequences):
             if seq < expected:
                 self.fault(f"protocol error: event sequence {seq} after {expected - 1}")
-                return False
+                return
             if seq > expected:
-                log.warning("session %s: worker skipped sequences %d..%d", self.session_id,
-                            expected, seq - 1)
-                self.holes.append((expected - 1, seq))
-                if self.distributor is not None:
-                    self.distributor.publish_hole(expected - 1, seq,
-                                                  gateway_pb2.WORKER_DISCONNECTED)
+                runs.append((i, expected))
             expected = seq + 1
-        return True
+        reason = gateway_pb2.WORKER_OVERRUN if overrun else gateway_pb2.WORKER_DISCONNECTED
+        dist = self.distributor if self.state != SessionState.FAULTED else None
+        bounds = [i for i, _ in runs] + [len(events)]
+        if bounds[0] > 0 and dist is not None:
+            dist.publish(to_wire(events[:bounds[0]], sequences[:bounds[0]]))
+        for (start, missing_from), stop in zip(runs, bounds[1:], strict=True):
+            first = sequences[start]
+            log.warning("session %s: worker skipped sequences %d..%d (%s)", self.session_id,
+                        missing_from, first - 1, gateway_pb2.GapReason.Name(reason))
+            self.holes.append((missing_from - 1, first))
+            if dist is not None:
+                dist.publish_hole(missing_from - 1, first, reason)
+                dist.publish(to_wire(events[start:stop], sequences[start:stop]))
+            reason = gateway_pb2.WORKER_DISCONNECTED  # only the first jump can be an overrun
+        self.last_sequence = sequences[-1]
+
+    def grant(self, more: int | None) -> None:
+        """The distributor's pacing decision, passed on to the worker (if any yet)."""
+        if self.worker is not None:
+            self.worker.grant(more)
 
     def on_worker_frame(self, frame: Any) -> None:
         """Adoption by a new gateway: the worker's position, then what it still holds."""

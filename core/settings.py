@@ -184,9 +184,15 @@ def core_settings() -> list[Setting]:
         positive_number("sessions.command_timeout_seconds",
                         "Default per-command timeout; when it passes: DEADLINE_EXCEEDED."),
         positive_int("events.queue_capacity",
-                     "Events buffered per subscriber before it counts as overflowing."),
+                     "How far a subscriber may fall behind the head (the newest event handed "
+                     "to the fastest complete subscriber) beyond what the replay ring keeps "
+                     "anyway; past it the subscriber meets the overflow policy. Independent "
+                     "of plugins.fanout.replay_buffer_capacity."),
         one_of("events.backpressure_policy", ("fail_fast", "disconnect_subscriber"),
                "On overflow: fault the session, or end only that subscriber's stream."),
+        positive_number("events.stall_timeout_seconds",
+                        "How long the subscriber that paces the worker may take nothing while "
+                        "the worker waits for it; then it meets the overflow policy."),
         Setting("events.max_batch", "an integer from 1 to 10000",
                 lambda v: _is_int(v) and 1 <= v <= 10000,
                 "Events per StreamEvents response at most (a client may ask for fewer)."),

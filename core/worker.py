@@ -56,6 +56,11 @@ BATCH_EVENTS = 1024  # events per frame at most; a frame is also sent when the l
 BATCH_BYTES = 256 << 10  # payload bytes per frame at most (frames stay far below max_frame)
 WRITE_HIGH_WATER = 512 << 10  # drain() waits while more than this is unsent to the gateway
 HISTORY_CHUNK = 256  # retained events per History frame after an adoption
+#: Events held back (beyond the gateway's credit) at most, by count and by payload
+#: bytes; past either the oldest are dropped (WORKER_OVERRUN). drain() waits until
+#: both are at most half used. A Backend subclass may set its own.
+MAX_UNSENT_EVENTS = 8 * BATCH_EVENTS
+MAX_UNSENT_BYTES = 8 << 20
 
 
 class CommandError(Exception):
@@ -78,7 +83,19 @@ def command(name: str | None = None, *, raw: bool = False) -> Callable[[Any], An
 
 
 class Backend:
-    """Base class of worker backends. Subclasses define ``@command()`` methods."""
+    """Base class of worker backends. Subclasses define ``@command()`` methods.
+
+    Events are flow-controlled: the gateway lets a worker run only a bounded window
+    ahead of its fastest complete subscriber. :meth:`emit` never blocks; what the
+    gateway has not yet granted waits in a bounded buffer (``max_unsent_events``,
+    ``max_unsent_bytes``). A backend that produces in a loop awaits :meth:`drain`
+    now and then (every few hundred events) and never loses an event; one that never
+    does loses its *oldest* unsent events when the buffer is full, and subscribers
+    see a ``WORKER_OVERRUN`` gap where they were.
+    """
+
+    max_unsent_events = MAX_UNSENT_EVENTS
+    max_unsent_bytes = MAX_UNSENT_BYTES
 
     def __init__(self, runtime: WorkerRuntime) -> None:
         self._runtime = runtime
@@ -96,11 +113,13 @@ class Backend:
         """Called once when the worker is asked to stop (or its gateway is gone for good)."""
 
     def emit(self, kind: str, payload: Any = None) -> int:
-        """Send an event; returns its sequence. Non-blocking: see :meth:`drain`."""
+        """Send an event; returns its sequence. Never blocks: see :meth:`drain`."""
         return self._runtime.emit(kind, payload)
 
     async def drain(self) -> None:
-        """Wait until the connection's buffer is below its high-water mark (backpressure)."""
+        """Wait until the unsent buffer is at most half full and the connection's write
+        buffer below its high-water mark: the producer's pacing. After it returns, at
+        least ``max_unsent_events / 2`` more events fit without loss."""
         await self._runtime.drain()
 
     @classmethod
@@ -111,6 +130,17 @@ class Backend:
             if marker:
                 found[marker[0]] = (attr, marker[1])
         return found
+
+
+def _frame_cut(unsent: list[tuple[str, bytes, int]], count: int) -> tuple[int, int]:
+    """How many of the first ``count`` unsent events fit one frame, and their bytes."""
+    size = 0
+    for i in range(count):
+        grown = size + len(unsent[i][1])
+        if grown > BATCH_BYTES and i > 0:
+            return i, size
+        size = grown
+    return count, size
 
 
 def _encode_payload(payload: Any) -> bytes:
@@ -139,6 +169,15 @@ class WorkerRuntime:
         #: the last one is ``_sequence``
         self._unsent: list[tuple[str, bytes, int]] = []
         self._unsent_bytes = 0
+        self._max_unsent = max(BATCH_EVENTS, int(backend_cls.max_unsent_events))
+        self._max_unsent_bytes = max(BATCH_BYTES, int(backend_cls.max_unsent_bytes))
+        #: flow control: events that may be sent on this connection in all (None: freely)
+        self._through: int | None = None
+        self._sent = 0  # events sent on this connection
+        self._blocked = False  # unsent events wait for credit
+        self._overrun = False  # events were dropped since the last frame sent
+        self.overrun_events = 0  # dropped by overrun, in total
+        self._room = asyncio.Event()  # set when the unsent buffer is at most half full
         self._flush_scheduled = False
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -163,38 +202,109 @@ class WorkerRuntime:
         unsent.append((kind, payload, time.time_ns()))
         self._unsent_bytes += len(payload)
         if len(unsent) >= BATCH_EVENTS or self._unsent_bytes >= BATCH_BYTES:
-            self._flush()
-        elif not self._flush_scheduled:
+            if not self._blocked:
+                self._flush()
+            if len(unsent) > self._max_unsent or self._unsent_bytes > self._max_unsent_bytes:
+                self._drop_oldest()
+        elif not self._flush_scheduled and not self._blocked:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         return self._sequence
 
+    def _drop_oldest(self) -> None:
+        """The buffer is over its bound: drop the oldest unsent events (WORKER_OVERRUN)."""
+        unsent = self._unsent
+        dropped = 0
+        size = self._unsent_bytes
+        while unsent[dropped:] and (len(unsent) - dropped > self._max_unsent
+                                    or size > self._max_unsent_bytes):
+            size -= len(unsent[dropped][1])
+            dropped += 1
+        del unsent[:dropped]
+        self._unsent_bytes = size
+        if not self._overrun:
+            log.warning("worker %s: backend emitted past its unsent buffer (%d events, %d "
+                        "bytes) without awaiting drain(); dropping the oldest",
+                        self.session_id, self._max_unsent, self._max_unsent_bytes)
+        self._overrun = True
+        self.overrun_events += dropped
+
     def _flush(self) -> None:
+        """Send what the credit allows, in frames of at most BATCH_EVENTS / BATCH_BYTES."""
         self._flush_scheduled = False
         unsent = self._unsent
         if not unsent:
             return
-        self._unsent = []
-        self._unsent_bytes = 0
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            self._hold_while_disconnected()
+            return
+        while unsent:
+            count = len(unsent)
+            if self._through is not None:
+                allowed = self._through - self._sent
+                if allowed <= 0:
+                    self._blocked = True
+                    return
+                count = min(count, allowed)
+            count = min(count, BATCH_EVENTS)
+            if count == len(unsent) and self._unsent_bytes <= BATCH_BYTES:
+                size = self._unsent_bytes
+            else:
+                count, size = _frame_cut(unsent, count)
+            writer.write(protocol.encode(self._frame(unsent, count)))
+            self._sent += count
+            del unsent[:count]
+            self._unsent_bytes -= size
+        self._blocked = False
+        self._wake_drainers()
+
+    def _frame(self, unsent: list[tuple[str, bytes, int]], count: int) -> worker_pb2.WorkerFrame:
         frame = worker_pb2.WorkerFrame()
-        events = frame.events.events
-        add = events.add
+        batch = frame.events
+        if self._overrun:
+            batch.overrun = True
+            self._overrun = False
+        add = batch.events.add
         sequence = self._sequence - len(unsent) + 1
-        for kind, payload, time_ns in unsent:
+        for kind, payload, time_ns in unsent[:count] if count < len(unsent) else unsent:
             stamp = add(sequence=sequence, kind=kind, payload=payload).time
             stamp.seconds, stamp.nanos = divmod(time_ns, 1_000_000_000)
             sequence += 1
         if self._history is not None:
-            self._history.extend(events)
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.write(protocol.encode(frame))
-        else:
-            if self._first_unsent == 0:
-                self._first_unsent = events[0].sequence
-            self._dropped += len(events)
+            self._history.extend(batch.events)
+        return frame
+
+    def _hold_while_disconnected(self) -> None:
+        """No gateway: the events go to the history (reattach) or are counted as lost."""
+        unsent = self._unsent
+        frame = self._frame(unsent, len(unsent))
+        if self._first_unsent == 0:
+            self._first_unsent = frame.events.events[0].sequence
+        self._dropped += len(unsent)
+        unsent.clear()
+        self._unsent_bytes = 0
+        self._blocked = False
+        self._wake_drainers()
+
+    def _has_room(self) -> bool:
+        return (len(self._unsent) * 2 <= self._max_unsent
+                and self._unsent_bytes * 2 <= self._max_unsent_bytes)
+
+    def _wake_drainers(self) -> None:
+        if self._has_room():
+            self._room.set()
+
+    def _set_credit(self, credit: worker_pb2.Credit) -> None:
+        self._through = credit.through_count if credit.paced else None
+        if self._blocked or self._through is None:
+            self._flush()
 
     async def drain(self) -> None:
         self._flush()
+        while not self._has_room():
+            self._room.clear()
+            await self._room.wait()
         writer = self._writer
         if writer is not None and not writer.is_closing():
             try:
@@ -240,6 +350,7 @@ class WorkerRuntime:
                 finally:
                     self._writer = None
                     writer.close()
+                    self._flush()  # held-back events: to the history; drain() returns
             if self._stopping.is_set() or not self._orphan_lifetime:
                 break
             # Orphaned: keep serving the backend, phone home with bounded backoff.
@@ -282,6 +393,9 @@ class WorkerRuntime:
         if frame.WhichOneof("body") != "welcome":
             raise protocol.MalformedFrame("expected welcome")
         self._heartbeat_interval = max(frame.welcome.heartbeat_interval_ms / 1000, 0.05)
+        credit = frame.welcome.credit
+        self._through = credit.through_count if credit.paced else None
+        self._sent = 0
         if adopt and self._history is not None:
             # Everything produced so far goes to the history (no writer yet), then the
             # history goes out, then the writer is live: no await in between, so the
@@ -313,6 +427,8 @@ class WorkerRuntime:
                     task = asyncio.create_task(self._run_command(frame.command))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                elif kind == "credit":
+                    self._set_credit(frame.credit)
                 elif kind == "shutdown":
                     self._stopping.set()
                     return

@@ -43,6 +43,8 @@ __all__ = ["WORKER_MODULE", "WorkerConfig", "WorkerHandle", "nonce_digest"]
 log = logging.getLogger("sessiongate.workers")
 
 WORKER_MODULE = "sessiongate.core.workerproc"
+#: the pump's sink: (events, frame size in bytes, events were dropped right before)
+EventSink = Callable[[list[Any], int, bool], None]
 SUN_PATH_MAX = 107
 
 
@@ -68,12 +70,13 @@ class WorkerConfig:
 class WorkerHandle:
     """Owns one worker process and its connection; every task it starts, it cancels.
 
-    :param on_events: the pump's sink: called with each batch, in order.
+    :param on_events: the pump's sink: called with each batch, in order, with the
+        frame's size in bytes and whether the worker dropped events right before it.
     :param on_fault: called once with a reason when the worker is lost unexpectedly.
     """
 
     def __init__(self, *, session_id: str, socket_path: str, config: WorkerConfig,
-                 on_events: Callable[[list[Any]], None], on_fault: Callable[[str], None],
+                 on_events: EventSink, on_fault: Callable[[str], None],
                  on_frame: Callable[[worker_pb2.WorkerFrame], None] | None = None,
                  on_exit: Callable[[int, int | None], None] | None = None) -> None:
         if len(os.fsencode(socket_path)) > SUN_PATH_MAX:
@@ -102,6 +105,10 @@ class WorkerHandle:
         self._stopping = False
         self.lost_reason = ""
         self.started_at = 0.0
+        #: the event credit: events the worker may send on its connection in all
+        #: (None: freely), and the events received on it so far
+        self._credit: int | None = None
+        self._received = 0
 
     # -- start -------------------------------------------------------------------------
 
@@ -120,7 +127,7 @@ class WorkerHandle:
         self._server = await asyncio.start_unix_server(self._on_connect, path=self.socket_path)
         os.chmod(self.socket_path, 0o600)
 
-    def bind(self, *, on_events: Callable[[list[Any]], None], on_fault: Callable[[str], None],
+    def bind(self, *, on_events: EventSink, on_fault: Callable[[str], None],
              on_exit: Callable[[int, int | None], None] | None = None,
              on_frame: Callable[[worker_pb2.WorkerFrame], None] | None = None) -> None:
         """Point a spare worker at the session that takes it."""
@@ -240,7 +247,7 @@ class WorkerHandle:
         self.pid = self.pid or hello.pid
         writer.write(protocol.encode(worker_pb2.WorkerFrame(welcome=worker_pb2.Welcome(
             heartbeat_interval_ms=int(self.config.heartbeat_interval * 1000),
-            max_frame_bytes=self.config.max_frame))))
+            max_frame_bytes=self.config.max_frame, credit=protocol.credit(self._credit)))))
         if self._server is not None:  # one worker per session: stop listening
             self._server.close()
             self._server = None
@@ -254,12 +261,15 @@ class WorkerHandle:
         on_events = self._on_events
         try:
             while True:
-                frame = await protocol.read_frame(reader, max_frame)
+                frame, size = await protocol.read_sized_frame(reader, max_frame)
                 self._last_seen = loop.time()
                 kind = frame.WhichOneof("body")
                 if kind == "events":
-                    if frame.events.events:
-                        on_events(list(frame.events.events))
+                    batch = frame.events
+                    if batch.events:
+                        events = list(batch.events)
+                        self._received += len(events)
+                        on_events(events, size, batch.overrun)
                 elif kind == "reply":
                     future = self._pending.pop(frame.reply.request_id, None)
                     if future is not None and not future.done():
@@ -326,6 +336,18 @@ class WorkerHandle:
             self._writer = None
         if not self._stopping:
             self._on_fault(reason)
+
+    # -- flow control ------------------------------------------------------------------
+
+    def grant(self, more: int | None) -> None:
+        """Let the worker send ``more`` events beyond those received so far (None:
+        freely). Remembered while it is not connected: the Welcome carries it.
+        """
+        self._credit = None if more is None else self._received + more
+        writer = self._writer
+        if writer is not None and not writer.is_closing():
+            writer.write(protocol.encode(worker_pb2.WorkerFrame(
+                credit=protocol.credit(self._credit))))
 
     # -- commands ----------------------------------------------------------------------
 

@@ -92,19 +92,28 @@ class Sim(Backend):
 
     @command()
     async def burst(self, payload: Any) -> dict[str, Any]:
+        """``count`` events of ``size`` bytes, as fast as the gateway takes them.
+
+        ``"drain": false`` plays a backend that never awaits :meth:`drain`: all events
+        are emitted at once, and what does not fit the unsent buffer is lost
+        (subscribers see a ``WORKER_OVERRUN`` gap).
+        """
         count = _field(payload, "count", int)
         size = _field(payload, "size", int, required=False) or 0
+        drain = _field(payload, "drain", bool, required=False)
         if count < 0 or size < 0:
             raise CommandError("'count' and 'size' must be >= 0")
         body = b"x" * size
         emit = self.emit
         done = 0
+        step = count if drain is False else DRAIN_EVERY
         while done < count:
-            n = min(DRAIN_EVERY, count - done)
+            n = min(step, count - done)
             for _ in range(n):
                 emit("burst", body)
             done += n
-            await self.drain()
+            if drain is not False:
+                await self.drain()
         return {"emitted": count}
 
     @command()

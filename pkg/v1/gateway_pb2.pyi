@@ -28,6 +28,7 @@ class GapReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GATEWAY_RESTARTED: _ClassVar[GapReason]
     WORKER_DISCONNECTED: _ClassVar[GapReason]
     SLOW_SUBSCRIBER: _ClassVar[GapReason]
+    WORKER_OVERRUN: _ClassVar[GapReason]
 
 class OverflowPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,6 +48,7 @@ EXPIRED: GapReason
 GATEWAY_RESTARTED: GapReason
 WORKER_DISCONNECTED: GapReason
 SLOW_SUBSCRIBER: GapReason
+WORKER_OVERRUN: GapReason
 OVERFLOW_POLICY_UNSET: OverflowPolicy
 DISCONNECT: OverflowPolicy
 SKIP: OverflowPolicy

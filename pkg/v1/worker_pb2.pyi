@@ -18,7 +18,7 @@ REPLY_INVALID_ARGUMENT: ReplyStatus
 REPLY_FAILED: ReplyStatus
 
 class WorkerFrame(_message.Message):
-    __slots__ = ("hello", "welcome", "ready", "command", "reply", "events", "heartbeat", "shutdown", "adopt", "history")
+    __slots__ = ("hello", "welcome", "ready", "command", "reply", "events", "heartbeat", "shutdown", "adopt", "history", "credit")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,7 @@ class WorkerFrame(_message.Message):
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     ADOPT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     welcome: Welcome
     ready: Ready
@@ -39,7 +40,8 @@ class WorkerFrame(_message.Message):
     shutdown: Shutdown
     adopt: Adopt
     history: History
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., events: _Optional[_Union[EventBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., adopt: _Optional[_Union[Adopt, _Mapping]] = ..., history: _Optional[_Union[History, _Mapping]] = ...) -> None: ...
+    credit: Credit
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., reply: _Optional[_Union[Reply, _Mapping]] = ..., events: _Optional[_Union[EventBatch, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., adopt: _Optional[_Union[Adopt, _Mapping]] = ..., history: _Optional[_Union[History, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("protocol_version", "session_id", "nonce", "pid", "backend")
@@ -56,12 +58,22 @@ class Hello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., pid: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("heartbeat_interval_ms", "max_frame_bytes")
+    __slots__ = ("heartbeat_interval_ms", "max_frame_bytes", "credit")
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREDIT_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_ms: int
     max_frame_bytes: int
-    def __init__(self, heartbeat_interval_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ...) -> None: ...
+    credit: Credit
+    def __init__(self, heartbeat_interval_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
+
+class Credit(_message.Message):
+    __slots__ = ("paced", "through_count")
+    PACED_FIELD_NUMBER: _ClassVar[int]
+    THROUGH_COUNT_FIELD_NUMBER: _ClassVar[int]
+    paced: bool
+    through_count: int
+    def __init__(self, paced: _Optional[bool] = ..., through_count: _Optional[int] = ...) -> None: ...
 
 class Ready(_message.Message):
     __slots__ = ()
@@ -92,10 +104,12 @@ class Reply(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., status: _Optional[_Union[ReplyStatus, str]] = ..., payload: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
 
 class EventBatch(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "overrun")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    OVERRUN_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[_gateway_pb2.Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[_gateway_pb2.Event, _Mapping]]] = ...) -> None: ...
+    overrun: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[_gateway_pb2.Event, _Mapping]]] = ..., overrun: _Optional[bool] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ()

@@ -16,21 +16,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sessiongate.core import hookimpl
+from sessiongate.core.events import EventLog
 from sessiongate.core.settings import Setting, non_negative_int, non_negative_number, positive_int
 
 from .distributor import FanoutDistributor
-from .ring import ReplayRing
 
 if TYPE_CHECKING:
     from sessiongate.core.session import Session
     from sessiongate.core.settings import Settings
 
-__all__ = ["FanoutDistributor", "ReplayRing"]
+__all__ = ["FanoutDistributor"]
 
 
 @hookimpl
 def sg_add_validators(settings: Settings) -> Sequence[Setting]:
-    queue_capacity = settings.get("events.queue_capacity")
     return [
         positive_int("plugins.fanout.max_subscribers_per_session",
                      "External subscribers per session at most; one more gets "
@@ -39,12 +38,6 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
                          "Newest events kept per session for resuming subscribers (0: none)."),
         non_negative_number("plugins.fanout.replay_retention_seconds",
                             "Oldest age of a kept event (0: no age limit)."),
-        Setting("plugins.fanout.replay_buffer_capacity",
-                f"at most events.queue_capacity ({queue_capacity}): a resumed subscriber's "
-                "replayed backlog must fit its queue",
-                lambda v: not isinstance(queue_capacity, int) or not isinstance(v, int)
-                or v <= queue_capacity,
-                "(cross-check with events.queue_capacity)"),
     ]
 
 
@@ -52,10 +45,8 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
 def sg_make_distributor(session: Session, settings: Settings) -> FanoutDistributor:
     fanout = settings.plugins.fanout
     gateway = session.attributes["gateway"]
-    ring = ReplayRing(int(fanout.replay_buffer_capacity),
-                      float(fanout.replay_retention_seconds))
+    ring = EventLog(int(fanout.replay_buffer_capacity), float(fanout.replay_retention_seconds))
     return FanoutDistributor(
         max_external=int(fanout.max_subscribers_per_session),
-        ring=ring,
-        **gateway.sessions.distributor_options(session),
+        **gateway.sessions.distributor_options(session, log=ring),
     )

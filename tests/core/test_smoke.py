@@ -51,14 +51,20 @@ async def test_large_events_reach_the_client(make_gateway):
 
 @pytest.mark.asyncio
 async def test_an_oversized_batch_is_cut_into_responses_near_the_size_limit():
-    from sessiongate.core.events import Subscription, to_wire
+    from sessiongate.core.events import Distributor, EventLog, Subscription, to_wire
     from sessiongate.core.server import MAX_RESPONSE_BYTES, GatewayService
+
+    class Replaying(Distributor):
+        supports_replay = True
 
     events = [gateway_pb2.Event(sequence=i, kind="big", payload=b"x" * 16384)
               for i in range(1, 301)]
-    sub = Subscription(capacity=1000)
-    sub.preload(None, to_wire(events))  # one batch of about 4.8 MiB
-    sub.end(drain=True)
+    dist = Replaying(session_id="s", capacity=1000, policy="fail_fast",
+                     fault_session=print, on_release=lambda sub, reason: None,
+                     log=EventLog(retain=1000))
+    dist.publish(to_wire(events))  # one batch of about 4.8 MiB
+    sub = dist.subscribe(Subscription(), after_sequence=0)
+    dist.close()
     responses = [gateway_pb2.StreamEventsResponse.FromString(data) async for data in
                  GatewayService._responses(sub, max_batch=1024, replaying=True)]
     assert len(responses) >= 5

@@ -216,10 +216,20 @@ async def test_pending_command_cap_is_resource_exhausted(make_gateway):
     assert await client.invoke_json(sid, "echo", {"n": 1}) == {"n": 1}
 
 
+STALLED_BURST = {"count": 200_000, "size": 100}  # far more than gRPC's windows buffer
+
+
+async def _stall_until_cut(client, sid: str) -> None:
+    """A subscriber that reads nothing paces the worker until the stall timeout cuts it;
+    then the worker runs free and the burst's reply comes back."""
+    assert await client.invoke_json(sid, "burst", STALLED_BURST) == \
+        {"emitted": STALLED_BURST["count"]}
+
+
 @pytest.mark.asyncio
 async def test_queue_overflow_under_disconnect_subscriber(make_gateway):
     gw = await make_gateway(**{
-        "events.queue_capacity": 10,
+        "events.stall_timeout_seconds": 0.5,
         "events.backpressure_policy": "disconnect_subscriber",
         "plugins.fanout.replay_buffer_capacity": 0,
     })
@@ -227,11 +237,9 @@ async def test_queue_overflow_under_disconnect_subscriber(make_gateway):
     sid = (await client.open(client_name="x")).session_id
     call = client.stream(sid)
     assert (await call.read()).caught_up
-    # one worker frame carries the whole burst: far more than the queue holds
-    assert await client.invoke_json(sid, "burst", {"count": 500, "size": 10}) == \
-        {"emitted": 500}
+    await _stall_until_cut(client, sid)
     message = await _stream_fails(call, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    assert "event queue overflow" in message
+    assert "event queue overflow" in message and "stall_timeout_seconds" in message
     # only the stream ended: the session keeps working
     assert await client.invoke_json(sid, "echo", {"ok": True}) == {"ok": True}
     assert (await client.get(sid)).state in (gateway_pb2.READY, gateway_pb2.DETACHED)
@@ -240,7 +248,7 @@ async def test_queue_overflow_under_disconnect_subscriber(make_gateway):
 @pytest.mark.asyncio
 async def test_on_overflow_disconnect_overrides_fail_fast(make_gateway):
     gw = await make_gateway(**{
-        "events.queue_capacity": 10,
+        "events.stall_timeout_seconds": 0.5,
         "events.backpressure_policy": "fail_fast",
         "plugins.fanout.replay_buffer_capacity": 0,
     })
@@ -248,7 +256,7 @@ async def test_on_overflow_disconnect_overrides_fail_fast(make_gateway):
     sid = (await client.open(client_name="x")).session_id
     call = client.stream(sid, on_overflow=gateway_pb2.DISCONNECT)
     assert (await call.read()).caught_up
-    await client.invoke_json(sid, "burst", {"count": 500, "size": 10})
+    await _stall_until_cut(client, sid)
     assert "event queue overflow" in await _stream_fails(call, grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert (await client.get(sid)).state in (gateway_pb2.READY, gateway_pb2.DETACHED)
 

@@ -93,9 +93,9 @@ async def test_worker_killed_from_outside_faults_its_session(make_gateway):
 
 
 @pytest.mark.asyncio
-async def test_fail_fast_overflow_faults_the_session(make_gateway, caplog):
+async def test_fail_fast_stalled_sole_subscriber_faults_the_session(make_gateway, caplog):
     gw = await make_gateway(**{
-        "events.queue_capacity": 10,
+        "events.stall_timeout_seconds": 0.5,
         "events.backpressure_policy": "fail_fast",
         "plugins.fanout.replay_buffer_capacity": 0,
     })
@@ -105,7 +105,9 @@ async def test_fail_fast_overflow_faults_the_session(make_gateway, caplog):
     session = gw.gateway.sessions.live[sid]
     call = client.stream(sid)
     assert (await call.read()).caught_up
-    await _code(client.invoke(sid, "burst", b'{"count": 500, "size": 10}'))
+    # it reads nothing: the worker waits on it until the stall timeout faults the session
+    code = await _code(client.invoke(sid, "burst", b'{"count": 200000, "size": 100}'))
+    assert code == grpc.StatusCode.UNAVAILABLE
     assert await _stream_end(call) == grpc.StatusCode.UNAVAILABLE
     await asyncio.wait_for(session.ended.wait(), ENDED)
     assert session.state == "FAULTED"
