@@ -393,6 +393,8 @@ class Subscription:
         self.taken_upto = events[-1].sequence
         if self.paces:
             dist.advanced(self)
+        if cursor == log_.start:  # it may have been what kept the oldest events
+            dist.trim()
         return gap, events
 
     def _around_holes(self, log_: EventLog, gap: Gap | None, cursor: int,
@@ -449,6 +451,7 @@ class Distributor:
         self.window = PACE_WINDOW_EVENTS
         self._event_bytes = 0.0  # moving average of an event's size on the wire
         self._stall: asyncio.TimerHandle | None = None
+        self._admitting = False
 
     # -- registration (no await anywhere: check and change in one step) -----------------
 
@@ -469,18 +472,21 @@ class Distributor:
                 raise FailedPrecondition(
                     "after_sequence needs a distributor with a replay ring "
                     "(plugins.fanout.enabled and plugins.reconnect.enabled)")
-            self._trim()
+            self.trim()
             cursor, gap = self.log.locate(after_sequence)
             taken = after_sequence
         else:
             cursor, gap, taken = self.log.end, None, self.last_sequence
-        self._check_admission(sub)
+        self._admitting = True  # a replaced pacer must not set the worker free meanwhile
+        try:
+            self._check_admission(sub)
+        finally:
+            self._admitting = False
         sub.attach(self, cursor, taken, gap)
         self.subscriptions = [*self.subscriptions, sub]
         if sub.external:
             self.external_count += 1
-        if sub.paces:
-            self._repace()
+        self._repace()
         return sub
 
     def unsubscribe(self, sub: Subscription, reason: str = "detached") -> bool:
@@ -494,6 +500,7 @@ class Distributor:
         self._on_release(sub, reason)
         if sub.paces:
             self._repace()
+        self.trim()
         return True
 
     # -- the pump ----------------------------------------------------------------------
@@ -509,8 +516,8 @@ class Distributor:
         was_end = log_.end
         log_.append(events)
         self.last_sequence = events[-1].sequence
-        if nbytes:
-            self._resize_window(nbytes / len(events))
+        if nbytes and self._resize_window(nbytes / len(events)):
+            self._repace()  # larger events: a smaller window, told at once
         now = time.monotonic()
         for sub in self.subscriptions:  # a snapshot: lists are replaced, never mutated
             if sub.cursor >= was_end:
@@ -531,7 +538,7 @@ class Distributor:
         if events:
             self.log.append(events)
             self.last_sequence = max(self.last_sequence, events[-1].sequence)
-        self._trim()
+        self.trim()
 
     def publish_hole(self, last_before: int, first_after: int, reason: int) -> None:
         """The worker's sequence jumps from ``last_before`` to ``first_after``: every
@@ -556,17 +563,23 @@ class Distributor:
         if self.granted is not None and log_.end >= self.granted:
             self._arm_stall()
 
-    def _trim(self) -> None:
+    def trim(self) -> None:
+        """Forget what no subscriber and no replay retention needs any more."""
+        if self.closed is not False:
+            return  # ended subscriptions drain what is left
         subs = self.subscriptions
         self.log.trim(min([self.log.replay_start(), *[s.cursor for s in subs]]))
 
     # -- pacing --------------------------------------------------------------------------
 
-    def _resize_window(self, event_bytes: float) -> None:
+    def _resize_window(self, event_bytes: float) -> bool:
+        """Keep the window near PACE_WINDOW_BYTES. True: it shrank by half or more."""
         average = self._event_bytes
         average = event_bytes if not average else average + (event_bytes - average) / 8
         self._event_bytes = average
+        old = self.window
         self.window = max(1, min(PACE_WINDOW_EVENTS, int(PACE_WINDOW_BYTES // average)))
+        return self.window * 2 <= old
 
     def _limit(self, pacers: list[Subscription]) -> int:
         """The log index the worker may fill the log up to, with ``pacers`` attached.
@@ -603,7 +616,7 @@ class Distributor:
 
     def _repace(self) -> None:
         """The set of pacing subscribers changed: recompute the grant."""
-        if self.closed is not False:
+        if self.closed is not False or self._admitting:
             return
         pacers = [s for s in self.subscriptions if s.paces]
         if not pacers:
@@ -649,14 +662,16 @@ class Distributor:
             return
         lead = max(pacers, key=_cursor_of)
         if time.monotonic() - lead.last_take >= self.stall_timeout:
-            self._overflow(lead, lead.cursor, stalled=True)
+            if self._overflow(lead, lead.cursor, stalled=True):
+                return  # the session faults: its teardown closes this distributor
             if self.closed is not False or self._stall is not None:
                 return
         self._arm_stall()
 
     # -- overflow ------------------------------------------------------------------------
 
-    def _overflow(self, sub: Subscription, head: int, *, stalled: bool = False) -> None:
+    def _overflow(self, sub: Subscription, head: int, *, stalled: bool = False) -> bool:
+        """Apply ``sub``'s overflow policy. True: the session was faulted."""
         self._count_overflow(sub.kind)
         who = sub.subscriber_id or sub.kind
         if stalled:
@@ -667,17 +682,18 @@ class Distributor:
                       "(events.queue_capacity)")
         if sub.skip:
             self._skip_ahead(sub, head)
-            return
+            return False
         only_external = sub.external and self.external_count == 1
         if sub.external and (sub.policy or self.policy) == "fail_fast" and only_external:
             log.warning("session %s: subscriber %s overflowed (%d behind): %s; fail_fast "
                         "faults the session", self.session_id, who, sub.backlog, detail)
             self._fault_session(f"{OVERFLOW_MESSAGE}: {detail}")
-            return
+            return True
         log.info("session %s: subscriber %s overflowed (%d behind): %s; disconnected",
                  self.session_id, who, sub.backlog, detail)
         sub.end(ResourceExhausted(f"{OVERFLOW_MESSAGE}: {detail}"), reason="overflow")
         self.unsubscribe(sub, "overflow")
+        return False
 
     def _skip_ahead(self, sub: Subscription, head: int) -> None:
         """SKIP: keep the newest ``capacity`` events behind the head, name what was missed."""
