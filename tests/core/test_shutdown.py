@@ -20,6 +20,8 @@ from sessiongate.core.client import GatewayClient
 from sessiongate.core.testing import enabled_plugins, stream_end, write_config
 from sessiongate.v1 import gateway_pb2
 
+pytestmark = pytest.mark.matrix  # shutdown releases workers instead under reattach
+
 
 async def _stream_end(call) -> grpc.StatusCode:
     return (await stream_end(call))[0]

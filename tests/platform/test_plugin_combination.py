@@ -1,9 +1,10 @@
 """The environment's plugin combination is accepted, or refused with exit status 2.
 
-Runs in every tox env. In the matrix, the combination comes from
-``SESSIONGATE_PLUGINS__<NAME>__ENABLED``; the invalid envs (reconnect on, fanout
-off) run only this file. The rule itself is contributed by the reconnect plugin
-through ``sg_add_validators`` (a ``Setting`` on ``plugins.fanout.enabled`` that
+The env's own combination is checked in every tox env (marked ``matrix``); the
+combination comes from ``SESSIONGATE_PLUGINS__<NAME>__ENABLED``. The invalid
+combinations (reconnect on, fanout off) are checked here once, by setting the
+environment per case, not by envs of their own. The rule itself is contributed by
+the reconnect plugin through ``sg_add_validators`` (a ``Setting`` on ``plugins.fanout.enabled`` that
 applies when ``plugins.reconnect.enabled`` is true), so a refusal names both keys.
 """
 
@@ -18,8 +19,9 @@ import pytest
 from sessiongate.core.testing import enabled_plugins, write_config
 
 
-def _sessiongate(*args: str, cwd: os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sessiongate", *args], cwd=cwd,
+def _sessiongate(*args: str, cwd: os.PathLike[str],
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sessiongate", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
@@ -35,6 +37,7 @@ def config(tmp_path):
     })
 
 
+@pytest.mark.matrix
 def test_check_config_accepts_or_refuses_the_combination(config, tmp_path):
     enabled = enabled_plugins()
     result = _sessiongate("check-config", "--config", str(config), cwd=tmp_path)
@@ -50,10 +53,16 @@ def test_check_config_accepts_or_refuses_the_combination(config, tmp_path):
             assert f"plugins.{name}.enabled = {expected}" in result.stdout.splitlines()
 
 
-def test_serve_refuses_an_invalid_combination_before_starting(config, tmp_path):
-    if not _invalid(enabled_plugins()):
-        pytest.skip("the combination is valid (serve is covered by the rest of the suite)")
-    result = _sessiongate("serve", "--config", str(config), cwd=tmp_path)
+@pytest.mark.parametrize(("acl", "reattach"), [
+    ("true", "true"), ("true", "false"), ("false", "true"), ("false", "false")])
+def test_serve_refuses_an_invalid_combination_before_starting(config, tmp_path, acl, reattach):
+    """reconnect without fanout, whatever acl and reattach are."""
+    env = {**os.environ,
+           "SESSIONGATE_PLUGINS__FANOUT__ENABLED": "false",
+           "SESSIONGATE_PLUGINS__RECONNECT__ENABLED": "true",
+           "SESSIONGATE_PLUGINS__ACL__ENABLED": acl,
+           "SESSIONGATE_PLUGINS__REATTACH__ENABLED": reattach}
+    result = _sessiongate("serve", "--config", str(config), cwd=tmp_path, env=env)
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "plugins.fanout.enabled" in result.stderr
     assert "listening on" not in result.stderr

@@ -10,7 +10,7 @@ from sessiongate.core.testing import write_config
 from sessiongate.plugins.acl import decide, keeps_alive
 from sessiongate.plugins.acl.directory import normalize_dn
 
-pytestmark = pytest.mark.requires_plugin("acl")
+pytestmark = [pytest.mark.requires_plugin("acl"), pytest.mark.once]  # unit tests
 
 ACTIONS = ("get", "list", "stream", "invoke", "close", "resume")
 READS = {"get", "list", "stream"}

@@ -15,6 +15,8 @@ from sessiongate.plugins.fanout import FanoutDistributor
 from sessiongate.v1 import gateway_pb2
 from sessiongate.v1.gateway_pb2 import Event
 
+pytestmark = pytest.mark.once  # a unit test: independent of the plugin set
+
 W = PACE_WINDOW_EVENTS
 
 

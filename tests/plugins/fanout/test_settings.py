@@ -8,7 +8,7 @@ from sessiongate.core.plugins import load
 from sessiongate.core.settings import SettingsError
 from sessiongate.core.testing import write_config
 
-pytestmark = pytest.mark.requires_plugin("fanout")
+pytestmark = [pytest.mark.requires_plugin("fanout"), pytest.mark.once]  # settings rules
 
 
 def test_every_bad_fanout_setting_is_reported_together(tmp_path):
