@@ -74,7 +74,7 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
     :param settings: the loaded (phase-1 validated) settings.
     :returns: a list of :class:`sessiongate.core.settings.Setting`.
 
-    Kind: observer, sync. Called from: ``sessiongate.core.plugins.load``.
+    Kind: observer, sync.
     """
 
 
@@ -84,7 +84,7 @@ def sg_secret_settings() -> Sequence[str]:
 
     :returns: dotted keys, e.g. ``["plugins.acl.ldap.bind_password"]``.
 
-    Kind: observer, sync. Called from: ``sessiongate.core.cli``.
+    Kind: observer, sync.
     """
 
 
@@ -96,7 +96,7 @@ def sg_worker_backends() -> Mapping[str, str]:
         :class:`sessiongate.core.worker.Backend` and is imported inside the worker
         process only. Later registrations of the same name win.
 
-    Kind: observer, sync. Called from: ``Gateway.__init__``.
+    Kind: observer, sync.
     """
 
 
@@ -109,7 +109,7 @@ def sg_startup(gateway: Gateway) -> None:
 
     :param gateway: the :class:`sessiongate.core.gateway.Gateway`.
 
-    Kind: observer, may be async; awaited in order. Called from: ``Gateway.start``.
+    Kind: observer, may be async; awaited in order.
     """
 
 
@@ -120,7 +120,7 @@ def sg_shutdown(gateway: Gateway) -> None:
 
     Plugins cancel and await the tasks they own and close what they opened.
 
-    Kind: observer, may be async. Called from: ``Gateway.stop``.
+    Kind: observer, may be async.
     """
 
 
@@ -138,7 +138,10 @@ def sg_session_open(session: Session, identity: Identity) -> None:
     ``InvalidArgument`` for a bad tag, ``PermissionDenied``). The session's fields
     (``tag``, ``client_name``, ``backend``, ``owner_key_id``) are set.
 
-    Kind: veto, may be async. Called from: ``SessionManager.open``.
+    Kind: veto, may be async.
+
+    No shipped implementation: the built-in plugins decide who may open at
+    :func:`sg_authorize`; ``examples/audit-plugin`` implements this veto.
     """
 
 
@@ -146,7 +149,7 @@ def sg_session_open(session: Session, identity: Identity) -> None:
 def sg_session_opened(session: Session) -> None:
     """The session's worker is Ready and the session is READY.
 
-    Kind: observer, may be async. Called from: ``SessionManager.open``.
+    Kind: observer, may be async.
     """
 
 
@@ -156,7 +159,10 @@ def sg_session_state_changed(session: Session, old: str, new: str, reason: str) 
 
     Called synchronously inside the state change: keep it quick and non-blocking.
 
-    Kind: observer, sync. Called from: ``Session.transition``.
+    Kind: observer, sync.
+
+    No shipped implementation: an observation point for deployment-specific
+    plugins (audit trails, notifications); the hook contract test exercises it.
     """
 
 
@@ -166,7 +172,7 @@ def sg_session_closed(session: Session, reason: str) -> None:
 
     :param reason: words for people (``"closed by client"``, ``"lease expired"`` …).
 
-    Kind: observer, may be async. Called from: ``Session`` teardown.
+    Kind: observer, may be async.
     """
 
 
@@ -186,7 +192,7 @@ def sg_authenticate(credential: str) -> Identity | None:
     :param credential: the text after ``Bearer`` in the ``authorization`` metadata.
         Never log it.
 
-    Kind: decision, sync. Called from: ``sessiongate.core.auth.Authenticator``.
+    Kind: decision, sync.
     """
 
 
@@ -202,7 +208,7 @@ def sg_authorize(identity: Identity, action: str, session: Session | None) -> bo
         ``stream``, ``resume``.
     :param session: the session concerned (``None`` for ``open``).
 
-    Kind: decision, sync. Called from: ``sessiongate.core.gateway.Gateway.authorize``.
+    Kind: decision, sync.
     """
 
 
@@ -219,7 +225,7 @@ def sg_make_distributor(session: Session, settings: Settings) -> Distributor | N
     the single-subscriber distributor; the fanout plugin returns its many-subscriber
     one. Called once per session, before its worker connects, so no event is lost.
 
-    Kind: decision, sync. Called from: ``Session.__init__`` via ``SessionManager``.
+    Kind: decision, sync.
     """
 
 
@@ -230,7 +236,7 @@ def sg_replay_supported(session: Session) -> bool | None:
     Stops at first non-None result. With no implementation answering ``True``,
     ``after_sequence`` gets ``FAILED_PRECONDITION`` naming the reconnect plugin.
 
-    Kind: decision, sync. Called from: the ``StreamEvents`` handler.
+    Kind: decision, sync.
     """
 
 
@@ -242,7 +248,7 @@ def sg_stream_keeps_alive(session: Session, identity: Identity) -> bool | None:
     expiring and counts as attached for detach-grace; ``False``: it is a watcher
     (e.g. a read-only tag viewer under the acl plugin).
 
-    Kind: decision, sync. Called from: the ``StreamEvents`` handler.
+    Kind: decision, sync.
     """
 
 
@@ -252,7 +258,10 @@ def sg_subscriber_attach(session: Session, identity: Identity, request: Any) -> 
 
     Veto by raising a ``GatewayError``. Runs after the authorisation decision.
 
-    Kind: veto, may be async. Called from: the ``StreamEvents`` handler.
+    Kind: veto, may be async.
+
+    No shipped implementation: acl decides who may stream at :func:`sg_authorize`
+    (``stream``, ``resume``); this veto is for other criteria (quotas, time windows).
     """
 
 
@@ -262,7 +271,6 @@ def sg_subscriber_attached(session: Session, subscription: Subscription) -> None
     or an internal subscriber from :func:`sg_internal_subscribers`).
 
     Kind: observer, sync (must not block).
-    Called from: the ``StreamEvents`` handler; ``SessionManager`` for internal ones.
     """
 
 
@@ -270,7 +278,7 @@ def sg_subscriber_attached(session: Session, subscription: Subscription) -> None
 def sg_subscriber_detached(session: Session, subscription: Subscription, reason: str) -> None:
     """A subscription ended (client gone, overflow, replaced, session ended).
 
-    Kind: observer, sync. Called from: ``Session`` when a subscription is released.
+    Kind: observer, sync.
     """
 
 
@@ -282,7 +290,10 @@ def sg_internal_subscribers(session: Session) -> Sequence[Any]:
         core runs each as a task owned by the session, fed by an internal
         subscription (it never counts toward caps, leases or attachment).
 
-    Kind: observer, sync. Called from: ``SessionManager.open``.
+    Kind: observer, sync.
+
+    No shipped implementation yet: for gateway-side consumers (mirrors,
+    recorders); the hook contract test and ``tests/plugins/fanout`` exercise it.
     """
 
 
@@ -299,7 +310,7 @@ def sg_worker_endpoint(session: Session, runtime_dir: str) -> str | None:
     gateway's instance id and the session id. Also called for spare workers, whose
     session may never be opened.
 
-    Kind: decision, sync. Called from: ``SessionManager.open``.
+    Kind: decision, sync.
     """
 
 
@@ -312,7 +323,7 @@ def sg_worker_launch(session: Session, argv: list[str], env: dict[str, str]) -> 
     owner, tag and client name are set when a client opens the session. Never log
     ``env``: it carries the session's nonce.
 
-    Kind: observer, sync. Called from: ``sessiongate.core.workers.launch``.
+    Kind: observer, sync.
     """
 
 
@@ -324,7 +335,7 @@ def sg_worker_release(session: Session) -> bool | None:
     stopping the worker, so a later gateway instance can adopt it (reattach);
     ``None``/``False``: the worker is stopped (core behaviour).
 
-    Kind: decision, sync. Called from: ``SessionManager.shutdown``.
+    Kind: decision, sync.
     """
 
 
@@ -332,5 +343,8 @@ def sg_worker_release(session: Session) -> bool | None:
 def sg_worker_exited(session: Session, pid: int, returncode: int | None) -> None:
     """The worker process of an opened session has exited (not called for unused spares).
 
-    Kind: observer, may be async. Called from: ``WorkerHandle`` when it is reaped.
+    Kind: observer, may be async.
+
+    No shipped implementation: core reaps and reports workers itself; this is
+    for plugins that act on exit statuses; the hook contract test exercises it.
     """

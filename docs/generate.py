@@ -240,10 +240,66 @@ def rst_to_md(text: str) -> str:
     return text
 
 
+HOOK_CALLERS = frozenset({"notify", "notify_sync", "veto", "decide", "collect"})
+
+
+def _package_files(package: str) -> list[tuple[str, pathlib.Path]]:
+    """``[(module name, path)]`` of every module of an imported package."""
+    root = pathlib.Path(importlib.import_module(package).__file__).parent
+    return [(".".join([package, *path.relative_to(root).with_suffix("").parts])
+             .removesuffix(".__init__"), path) for path in sorted(root.rglob("*.py"))]
+
+
+def hook_call_sites(package: str = "sessiongate.core") -> dict[str, list[str]]:
+    """Where core calls each hook: ``{hook: [module.Class.function, ...]}``, found by
+    reading the code (calls like ``hooks.decide("sg_x", ...)``), so the reference
+    cannot name a caller that does not exist."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for module, path in _package_files(package):
+        tree = ast.parse(path.read_text(), str(path))
+
+        def visit(node: ast.AST, scope: list[str], module: str = module) -> None:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                scope = [*scope, node.name]
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in HOOK_CALLERS and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and str(node.args[0].value).startswith("sg_")):
+                where = ".".join([module, *scope])
+                found.setdefault(node.args[0].value, set()).add(where)
+            for child in ast.iter_child_nodes(node):
+                visit(child, scope)
+
+        visit(tree, [])
+    return {hook: sorted(sites) for hook, sites in found.items()}
+
+
+def hook_implementers() -> dict[str, list[str]]:
+    """Which shipped plugins (core's defaults included) implement each hook."""
+    from sessiongate.core import PROJECT
+
+    out: dict[str, set[str]] = {}
+    modules = ["sessiongate.core.defaults",
+               *(module for module, _path in _package_files("sessiongate.plugins"))]
+    for module in modules:
+        if True:
+            mod = importlib.import_module(module)
+            for name, value in vars(mod).items():
+                if name.startswith("sg_") and hasattr(value, f"{PROJECT}_impl"):
+                    plugin = module.removeprefix("sessiongate.plugins.").split(".")[0] \
+                        if module.startswith("sessiongate.plugins.") else "core"
+                    out.setdefault(name, set()).add(plugin)
+    return {hook: sorted(plugins) for hook, plugins in out.items()}
+
+
 def hooks_md() -> str:
     from sessiongate.core import hookspecs as module
 
     specs = hookspecs()
+    callers = hook_call_sites()
+    implementers = hook_implementers()
     intro = rst_to_md(inspect.cleandoc(module.__doc__ or ""))
     out = ["# Hook reference", "", GENERATED, "",
            "Every hook a plugin can implement, generated from `core/hookspecs.py`. How to",
@@ -269,6 +325,12 @@ def hooks_md() -> str:
         if flags:
             out += ["*" + ", ".join(flags) + "*", ""]
         out += [rst_to_md(inspect.cleandoc(func.__doc__ or "(undocumented)")), ""]
+        sites = callers.get(name, [])
+        out += ["Called from (read from the code): "
+                + (", ".join(f"`{site}`" for site in sites) or "**nowhere**") + ".", ""]
+        users = implementers.get(name, [])
+        if users:
+            out += ["Implemented by: " + ", ".join(f"`{u}`" for u in users) + ".", ""]
     return "\n".join(out)
 
 

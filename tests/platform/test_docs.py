@@ -45,11 +45,31 @@ def test_every_hookspec_has_a_complete_docstring(generate):
         doc = func.__doc__ or ""
         if "Kind:" not in doc:
             problems.append(f"{name}: no 'Kind:' line (observer / veto / decision, sync?)")
-        if "Called from:" not in doc:
-            problems.append(f"{name}: no 'Called from:' line")
         if opts.get("firstresult") and "Stops at first non-None result" not in doc:
             problems.append(f"{name}: firstresult but no 'Stops at first non-None result'")
     assert not problems, "\n".join(problems)
+
+
+def test_every_hook_is_called_by_core_and_implemented_or_says_why_not(generate):
+    """The reference's "Called from" lines are read from the code, so a hook that core
+    never calls would show "nowhere": that is a dead hook, refused here."""
+    callers = generate.hook_call_sites()
+    implementers = generate.hook_implementers()
+    problems = []
+    for _section, name, func, _opts in generate.hookspecs():
+        if not callers.get(name):
+            problems.append(f"{name}: core calls it nowhere")
+        if not implementers.get(name) and "No shipped implementation" not in (func.__doc__ or ""):
+            problems.append(f"{name}: no shipped implementation and no reason stated")
+    assert not problems, "\n".join(problems)
+
+
+def test_call_sites_are_found_where_hooks_are_called(generate):
+    """The reader finds a call it must find (a check that the scan itself works)."""
+    sites = generate.hook_call_sites()
+    assert "sessiongate.core.gateway.SessionManager.open" in sites["sg_session_open"]
+    assert "sessiongate.core.server.GatewayService.StreamEvents" in \
+        sites["sg_subscriber_attach"]
 
 
 def test_every_hookspec_is_in_the_hook_reference(generate):
