@@ -20,12 +20,24 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
+    "StartupError",
     "Unauthenticated",
     "Unavailable",
 ]
 
 #: Every overflow disconnect carries this text (clients and tests match on it).
 OVERFLOW_MESSAGE = "event queue overflow"
+
+
+class StartupError(Exception):
+    """The gateway cannot start: one line naming the cause and the fix.
+
+    ``sessiongate serve`` prints it as ``sessiongate: <message>`` and exits 2.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class GatewayError(Exception):

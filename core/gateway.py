@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import fcntl
 import logging
 import os
 import pathlib
@@ -28,6 +30,7 @@ from sessiongate.core.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    StartupError,
     Unauthenticated,
     Unavailable,
 )
@@ -38,15 +41,42 @@ from sessiongate.core.session import ENDED, Session, SessionState, new_session_i
 from sessiongate.core.settings import Settings, runtime_dir
 from sessiongate.core.workers import WorkerConfig, WorkerHandle
 
-__all__ = ["BOOTSTRAP_KEY_FILE", "Gateway", "SessionManager"]
+__all__ = ["BOOTSTRAP_KEY_FILE", "LOCK_FILE", "Gateway", "SessionManager"]
 
 log = logging.getLogger("sessiongate.gateway")
 
 BOOTSTRAP_KEY_FILE = "bootstrap-admin.key"
+#: in state_dir: locked (flock) by the gateway using the folder, holds its pid
+LOCK_FILE = "gateway.lock"
 TOMBSTONES = 1024
 MAX_CLIENT_NAME = 256
 #: background tasks that start or stop a spare worker: awaited at shutdown, not cancelled
 SPARE_TASKS = frozenset({"spare-worker", "spare-stop"})
+
+
+def _flock_state_dir(state_dir: pathlib.Path) -> int:
+    """Lock ``state_dir`` for this process: the open descriptor of its lock file.
+
+    An exclusive ``flock``, held until the descriptor is closed (or the process ends,
+    however it ends): one gateway per state dir, so no gateway ever takes another's
+    workers for leftovers. The descriptor is not inherited by workers.
+    """
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        pid = f"pid {holder}" if holder.isdigit() else "pid unknown"
+        raise StartupError(f"state_dir {state_dir} is in use by another gateway ({pid}); "
+                           "stop it or use another state_dir") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class SessionManager:
@@ -390,7 +420,10 @@ class SessionManager:
         for session in sessions:
             if session.state not in ENDED:
                 session.transition(SessionState.CLOSING, reason)
-            session.end_streams(Unavailable(f"session {session.session_id}: {reason}"))
+            message = f"session {session.session_id}: {reason}"
+            session.end_streams(Unavailable(message))
+            if session.worker is not None:  # stopped or released: the cause is ours
+                session.worker.abort_commands(Unavailable(message))
             if session.worker is not None and self.hooks.decide("sg_worker_release",
                                                                 session=session):
                 session.attributes["released"] = True
@@ -425,6 +458,7 @@ class Gateway:
         #: plugins publish gateway-wide services here (e.g. "login" from acl)
         self.attributes: dict[str, Any] = {}
         self._started = False
+        self._lock_fd: int | None = None
 
     def worker_env(self, session: Session) -> dict[str, str]:
         """Extra environment for workers: the marker the terminator recognises them by."""
@@ -432,10 +466,32 @@ class Gateway:
         env.update(session.attributes.get("worker_env", {}))
         return env
 
-    async def start(self) -> None:
+    def lock_state_dir(self) -> None:
+        """Create and lock ``state_dir`` (idempotent); held until :meth:`stop`.
+
+        :raises StartupError: another gateway holds it (the message names its pid).
+        """
+        if self._lock_fd is not None:
+            return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
-        await self.keys.open()
+        self._lock_fd = _flock_state_dir(self.state_dir)
+
+    def _unlock_state_dir(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    async def start(self) -> None:
+        # The lock comes first: nothing here touches a worker or a file of the state dir
+        # while another gateway may be using it.
+        self.lock_state_dir()
+        try:
+            await self.keys.open()
+        except BaseException:
+            self._unlock_state_dir()
+            raise
         try:
             if await self.keys.count() == 0:
                 await self._bootstrap_admin()
@@ -446,6 +502,7 @@ class Gateway:
             await terminator.terminate_leftovers(self.home, spare)
         except BaseException:
             await self.keys.close()
+            self._unlock_state_dir()
             raise
         self.sessions.start()
         self._started = True
@@ -462,11 +519,15 @@ class Gateway:
 
     async def stop(self) -> None:
         if not self._started:
+            self._unlock_state_dir()  # locked but never started (serve could not bind)
             return
         self._started = False
-        await self.sessions.shutdown()
-        await self.hooks.notify("sg_shutdown", gateway=self)
-        await self.keys.close()
+        try:
+            await self.sessions.shutdown()
+            await self.hooks.notify("sg_shutdown", gateway=self)
+            await self.keys.close()
+        finally:
+            self._unlock_state_dir()
 
     # -- identity ----------------------------------------------------------------------
 

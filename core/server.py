@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,7 +24,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sessiongate.core.auth import Identity
-from sessiongate.core.errors import FailedPrecondition, GatewayError, InvalidArgument, OutOfRange
+from sessiongate.core.errors import (
+    FailedPrecondition,
+    GatewayError,
+    InvalidArgument,
+    OutOfRange,
+    StartupError,
+)
 from sessiongate.core.events import Subscription, encode_response
 from sessiongate.core.gateway import Gateway
 from sessiongate.core.session import Session, SessionState
@@ -35,6 +43,12 @@ log = logging.getLogger("sessiongate.server")
 T = TypeVar("T")
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].full_name
 MAX_RESPONSE_BYTES = 1 << 20  # event bytes per StreamEventsResponse, about
+#: gRPC's default limit on a received message, kept as the floor of ours
+GRPC_DEFAULT_MAX_RECEIVE = 4 << 20
+#: room beyond workers.max_frame_bytes for the rest of an InvokeRequest: a request
+#: whose command could fit a worker frame always arrives, so the gateway can name the
+#: setting when the command does not fit
+INVOKE_OVERHEAD = 64 << 10
 
 
 def _status(code: str) -> grpc.StatusCode:
@@ -164,7 +178,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                                            subscription=sub)
             max_batch = min(request.max_batch or self.default_batch, self.default_batch)
             async for response in self._responses(sub, max_batch, replaying=resume):
-                await context.write(response)
+                try:
+                    await context.write(response)
+                except Exception:
+                    if context.cancelled():  # the client left while a write was under way
+                        log.debug("session %s: stream cancelled by the client",
+                                  session.session_id)
+                        return
+                    raise
         except GatewayError as exc:
             await context.abort(_status(exc.code), exc.message)
         except (asyncio.CancelledError, grpc.aio.AbortError):
@@ -257,11 +278,17 @@ class GrpcServer:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        max_frame = int(gateway.settings.workers.max_frame_bytes)
         self.server = grpc.aio.server(options=[
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # one gateway per address: a second one must fail to bind, not share the
+            # port (the kernel would spread connections over both)
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length",
+             max(GRPC_DEFAULT_MAX_RECEIVE, max_frame + INVOKE_OVERHEAD)),
         ])
         add_service(GatewayService(gateway), self.server)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
@@ -272,13 +299,32 @@ class GrpcServer:
         self.port = 0
         self.address = ""
 
-    async def start(self) -> str:
+    def bind(self) -> None:
+        """Take the configured address (idempotent); nothing is served until :meth:`start`.
+
+        :raises StartupError: the address is in use or cannot be listened on.
+        """
+        if self.port:
+            return
         address = str(self.gateway.settings.server.grpc_address)
         host = address.rpartition(":")[0]
-        self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
+        # Probed first, so a busy port gives one clear line rather than gRPC's log noise.
+        problem = _bind_problem(address)
+        if problem is None:
+            try:
+                self.port = self.server.add_insecure_port(address)
+            except RuntimeError:
+                self.port = 0
+            if self.port == 0:
+                problem = _bind_problem(address) or (
+                    f"cannot listen on {address}; set server.grpc_address to an address "
+                    "of this host")
+        if problem is not None:
+            raise StartupError(problem)
         self.address = f"{host}:{self.port}"
+
+    async def start(self) -> str:
+        self.bind()
         await self.server.start()
         await _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", self.address)
@@ -293,6 +339,32 @@ class GrpcServer:
         stopping = asyncio.create_task(self.server.stop(grace))
         await self.gateway.stop()
         await stopping
+
+
+def _bind_problem(address: str) -> str | None:
+    """Why ``address`` (host:port) cannot be listened on, found by binding a plain
+    socket (without port reuse, as the gateway's own); None if it can."""
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (ValueError, OSError) as exc:
+        return (f"cannot listen on {address} ({exc}); set server.grpc_address to "
+                "host:port")
+    for family, kind, proto, _name, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return (f"address {address} is already in use; stop what listens "
+                            "there or set server.grpc_address to another address")
+                return (f"cannot listen on {address} ({exc.strerror}); set "
+                        "server.grpc_address to an address of this host")
+    return None
 
 
 async def _set_health(servicer: Any, status: Any) -> None:
@@ -311,11 +383,16 @@ async def serve(gateway: Gateway, *, ready: Callable[[str], None] | None = None)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await gateway.start()
+    # state_dir first (one gateway per folder), then the address: both before anything
+    # starts, so a refused gateway touches no worker and creates nothing
+    gateway.lock_state_dir()
     server = GrpcServer(gateway)
     try:
+        server.bind()
+        await gateway.start()
         address = await server.start()
     except BaseException:
+        await server.server.stop(None)
         await gateway.stop()
         raise
     if ready is not None:

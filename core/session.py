@@ -237,11 +237,15 @@ class Session:
     # -- endings -----------------------------------------------------------------------
 
     def fault(self, reason: str) -> None:
-        """Fault the session (idempotent): streams end UNAVAILABLE; teardown is scheduled."""
+        """Fault the session (idempotent): streams and commands in flight end UNAVAILABLE
+        naming ``reason``; teardown is scheduled."""
         if not self.transition(SessionState.FAULTED, reason):
             return
+        message = f"session {self.session_id} faulted: {reason}"
+        if self.worker is not None:
+            self.worker.abort_commands(Unavailable(message))
         if self.distributor is not None:
-            self.distributor.close(Unavailable(f"session {self.session_id} faulted: {reason}"))
+            self.distributor.close(Unavailable(message))
 
     def end_streams(self, error: GatewayError | None = None) -> None:
         if self.distributor is not None:

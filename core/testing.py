@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-__all__ = ["GatewayHandle", "GatewayProcess", "enabled_plugins", "stream_end", "wait_for",
-           "write_config"]
+__all__ = ["GatewayHandle", "GatewayProcess", "enabled_plugins", "rpc_error", "stream_end",
+           "wait_for", "write_config"]
 
 PLUGINS = ("fanout", "reconnect", "acl", "reattach")
 
@@ -312,6 +312,15 @@ async def stream_end(call: Any) -> tuple[Any, str]:
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details() or ""
     return await call.code(), await call.details() or ""
+
+
+async def rpc_error(awaitable: Any) -> Any:
+    """The ``grpc.aio.AioRpcError`` a call ends with; fails the test if it succeeds."""
+    import grpc
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await awaitable
+    return info.value
 
 
 async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> None:

@@ -48,7 +48,7 @@ from typing import Any
 from sessiongate.core import protocol
 from sessiongate.v1 import gateway_pb2, worker_pb2
 
-__all__ = ["Backend", "CommandError", "WorkerRuntime", "command", "main"]
+__all__ = ["Backend", "CommandError", "EventTooLarge", "WorkerRuntime", "command", "main"]
 
 log = logging.getLogger("sessiongate.worker")
 
@@ -61,10 +61,35 @@ HISTORY_CHUNK = 256  # retained events per History frame after an adoption
 #: both are at most half used. A Backend subclass may set its own.
 MAX_UNSENT_EVENTS = 8 * BATCH_EVENTS
 MAX_UNSENT_BYTES = 8 << 20
+#: protobuf bytes a one-event frame adds to the event's payload and kind, at most
+#: (sequence, time, the overrun flag, field tags and lengths)
+EVENT_FRAME_OVERHEAD = 64
+MAX_FRAME_SETTING = "workers.max_frame_bytes"
+
+
+def _too_large(what: str, size: int, frame_size: int, max_frame: int) -> str:
+    return (f"{what} of {size} bytes does not fit a worker frame ({frame_size} bytes > "
+            f"{MAX_FRAME_SETTING} = {max_frame}); make it smaller or raise "
+            f"{MAX_FRAME_SETTING}")
 
 
 class CommandError(Exception):
     """Raised by a command handler for bad input: the caller gets ``INVALID_ARGUMENT``."""
+
+
+class EventTooLarge(ValueError):
+    """Raised by :meth:`Backend.emit` for an event too large for one worker frame
+    (``workers.max_frame_bytes``). The event is not sent and takes no sequence. Left
+    to propagate out of a command handler, it fails that command alone: the caller
+    gets ``RESOURCE_EXHAUSTED`` with this message; the session lives on.
+    """
+
+    def __init__(self, kind: str, size: int, frame_size: int, max_frame: int) -> None:
+        super().__init__(_too_large(f"event {kind!r}", size, frame_size, max_frame))
+        self.kind = kind
+        self.size = size
+        self.frame_size = frame_size
+        self.max_frame = max_frame
 
 
 def command(name: str | None = None, *, raw: bool = False) -> Callable[[Any], Any]:
@@ -113,7 +138,13 @@ class Backend:
         """Called once when the worker is asked to stop (or its gateway is gone for good)."""
 
     def emit(self, kind: str, payload: Any = None) -> int:
-        """Send an event; returns its sequence. Never blocks: see :meth:`drain`."""
+        """Send an event; returns its sequence. Never blocks: see :meth:`drain`.
+
+        :raises EventTooLarge: the event cannot fit one worker frame
+            (``workers.max_frame_bytes``); it is not sent and takes no sequence. A
+            command handler that lets it propagate fails with ``RESOURCE_EXHAUSTED``;
+            the session goes on.
+        """
         return self._runtime.emit(kind, payload)
 
     async def drain(self) -> None:
@@ -132,15 +163,32 @@ class Backend:
         return found
 
 
-def _frame_cut(unsent: list[tuple[str, bytes, int]], count: int) -> tuple[int, int]:
+def _frame_cut(unsent: list[tuple[str, bytes, int]], count: int,
+               limit: int = BATCH_BYTES) -> tuple[int, int]:
     """How many of the first ``count`` unsent events fit one frame, and their bytes."""
     size = 0
     for i in range(count):
         grown = size + len(unsent[i][1])
-        if grown > BATCH_BYTES and i > 0:
+        if grown > limit and i > 0:
             return i, size
         size = grown
     return count, size
+
+
+def _varint_size(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _fitting(events: Any, budget: int) -> int:
+    """How many of ``events`` (messages, in order) fit ``budget`` bytes as a repeated
+    field: each costs its size, a tag and a length."""
+    total = 0
+    for i, event in enumerate(events):
+        size = event.ByteSize()
+        total += 1 + _varint_size(size) + size
+        if total > budget:
+            return i
+    return len(events)
 
 
 def _encode_payload(payload: Any) -> bytes:
@@ -161,7 +209,7 @@ class WorkerRuntime:
         self.session_id = session_id
         self._nonce = nonce
         self.backend_name = backend_name
-        self.max_frame = max_frame
+        self._set_max_frame(max_frame)
         self.backend = backend_cls(self)
         self._handlers = backend_cls.commands()
         self._sequence = 0
@@ -191,16 +239,27 @@ class WorkerRuntime:
         self._first_unsent = 0
         self.exit_code = 0
 
+    def _set_max_frame(self, max_frame: int) -> None:
+        """The largest frame either side accepts (the gateway's Welcome confirms it)."""
+        self.max_frame = max_frame
+        #: payload + 4 x kind characters up to this surely fit a one-event frame
+        self._event_room = max_frame - EVENT_FRAME_OVERHEAD
+        #: payload bytes per frame at most (a small max_frame makes frames smaller)
+        self._batch_bytes = min(BATCH_BYTES, max_frame // 2)
+
     # -- events ------------------------------------------------------------------------
 
     def emit(self, kind: str, payload: Any = None) -> int:
         # The hot path: no protobuf work per event here, only at _flush (once per frame).
         if payload.__class__ is not bytes:
             payload = _encode_payload(payload)
+        size = len(payload)
+        if size + 4 * len(kind) > self._event_room:  # maybe too large: measure exactly
+            self._check_event_size(kind, payload)
         self._sequence += 1
         unsent = self._unsent
         unsent.append((kind, payload, time.time_ns()))
-        self._unsent_bytes += len(payload)
+        self._unsent_bytes += size
         if len(unsent) >= BATCH_EVENTS or self._unsent_bytes >= BATCH_BYTES:
             if not self._blocked:
                 self._flush()
@@ -210,6 +269,17 @@ class WorkerRuntime:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
         return self._sequence
+
+    def _check_event_size(self, kind: str, payload: bytes) -> None:
+        """Raise :class:`EventTooLarge` unless the event fits a frame on its own."""
+        frame = worker_pb2.WorkerFrame()
+        frame.events.overrun = True  # the largest it can be
+        event = frame.events.events.add(sequence=self._sequence + 1, kind=kind,
+                                        payload=payload)
+        event.time.seconds, event.time.nanos = divmod(time.time_ns(), 1_000_000_000)
+        frame_size = frame.ByteSize()
+        if frame_size > self.max_frame:
+            raise EventTooLarge(kind, len(payload), frame_size, self.max_frame)
 
     def _drop_oldest(self) -> None:
         """The buffer is over its bound: drop the oldest unsent events (WORKER_OVERRUN)."""
@@ -248,37 +318,62 @@ class WorkerRuntime:
                     return
                 count = min(count, allowed)
             count = min(count, BATCH_EVENTS)
-            if count == len(unsent) and self._unsent_bytes <= BATCH_BYTES:
+            if count == len(unsent) and self._unsent_bytes <= self._batch_bytes:
                 size = self._unsent_bytes
             else:
-                count, size = _frame_cut(unsent, count)
-            writer.write(protocol.encode(self._frame(unsent, count)))
+                count, size = _frame_cut(unsent, count, self._batch_bytes)
+            frame = self._frame(unsent, count)
+            data = frame.SerializeToString()
+            if len(data) > self.max_frame:  # rare: long kinds, or a small max_frame
+                count, frame, data = self._refit(unsent, frame)
+                size = sum(len(item[1]) for item in unsent[:count])
+            self._framed(frame)
+            writer.write(protocol.HEADER.pack(len(data)) + data)
             self._sent += count
             del unsent[:count]
             self._unsent_bytes -= size
         self._blocked = False
         self._wake_drainers()
 
+    def _refit(self, unsent: list[tuple[str, bytes, int]],
+               frame: worker_pb2.WorkerFrame) -> tuple[int, worker_pb2.WorkerFrame, bytes]:
+        """The longest run of ``frame``'s events that fits ``max_frame``, framed again.
+
+        The first event always fits alone: emit() checked it against this limit, which
+        changes only at a handshake, when nothing is unsent.
+        """
+        # the batch's tag and length and the overrun flag: at most 1 + 5 + 2 bytes
+        count = max(1, _fitting(frame.events.events, self.max_frame - 8))
+        frame = self._frame(unsent, count)
+        return count, frame, frame.SerializeToString()
+
     def _frame(self, unsent: list[tuple[str, bytes, int]], count: int) -> worker_pb2.WorkerFrame:
+        """The first ``count`` unsent events as a frame (see :meth:`_framed`)."""
         frame = worker_pb2.WorkerFrame()
         batch = frame.events
         if self._overrun:
             batch.overrun = True
-            self._overrun = False
         add = batch.events.add
         sequence = self._sequence - len(unsent) + 1
         for kind, payload, time_ns in unsent[:count] if count < len(unsent) else unsent:
             stamp = add(sequence=sequence, kind=kind, payload=payload).time
             stamp.seconds, stamp.nanos = divmod(time_ns, 1_000_000_000)
             sequence += 1
+        return frame
+
+    def _framed(self, frame: worker_pb2.WorkerFrame) -> None:
+        """``frame`` is final: the overrun it announces is told, its events are history."""
+        batch = frame.events
+        if batch.overrun:
+            self._overrun = False
         if self._history is not None:
             self._history.extend(batch.events)
-        return frame
 
     def _hold_while_disconnected(self) -> None:
         """No gateway: the events go to the history (reattach) or are counted as lost."""
         unsent = self._unsent
         frame = self._frame(unsent, len(unsent))
+        self._framed(frame)
         if self._first_unsent == 0:
             self._first_unsent = frame.events.events[0].sequence
         self._dropped += len(unsent)
@@ -345,7 +440,10 @@ class WorkerRuntime:
                     first = False
                     delay, deadline = 0.1, None
                     await self._serve(reader)
-                except (ConnectionError, asyncio.IncompleteReadError, protocol.FrameError):
+                except protocol.FrameError as exc:
+                    log.error("worker %s: bad frame from the gateway (%s); disconnected",
+                              self.session_id, exc)
+                except (ConnectionError, asyncio.IncompleteReadError):
                     pass
                 finally:
                     self._writer = None
@@ -393,6 +491,8 @@ class WorkerRuntime:
         if frame.WhichOneof("body") != "welcome":
             raise protocol.MalformedFrame("expected welcome")
         self._heartbeat_interval = max(frame.welcome.heartbeat_interval_ms / 1000, 0.05)
+        if frame.welcome.max_frame_bytes:
+            self._set_max_frame(frame.welcome.max_frame_bytes)
         credit = frame.welcome.credit
         self._through = credit.through_count if credit.paced else None
         self._sent = 0
@@ -401,15 +501,35 @@ class WorkerRuntime:
             # history goes out, then the writer is live: no await in between, so the
             # gateway sees the retained events strictly before any newer one.
             self._flush()
-            retained = list(self._history)
-            for i in range(0, len(retained), HISTORY_CHUNK):
+            retained = self._sendable_history()
+            # first_unsent, the frame's tag and length: at most 11 + 6 bytes
+            budget = self.max_frame - 17
+            while retained:
+                count = _fitting(retained[:HISTORY_CHUNK], budget)
                 history = worker_pb2.History(first_unsent=self._first_unsent)
-                history.events.extend(retained[i:i + HISTORY_CHUNK])
+                history.events.extend(retained[:count])
+                del retained[:count]
                 writer.write(protocol.encode(worker_pb2.WorkerFrame(history=history)))
         writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self._writer = writer
         self._dropped = 0
         self._first_unsent = 0
+
+    def _sendable_history(self) -> list[gateway_pb2.Event]:
+        """The retained events after the newest one too large for this gateway's frames
+        (emitted under a higher workers.max_frame_bytes): a resume from before it
+        gets a gap, as for events the history no longer holds."""
+        assert self._history is not None
+        retained = list(self._history)
+        budget = self.max_frame - 17 - 6  # a History frame's fields; the event's tag, length
+        for i in range(len(retained) - 1, -1, -1):
+            if retained[i].ByteSize() > budget:
+                log.warning("worker %s: retained event %d does not fit a frame of %d "
+                            "bytes (%s); the history sent starts after it",
+                            self.session_id, retained[i].sequence, self.max_frame,
+                            MAX_FRAME_SETTING)
+                return retained[i + 1:]
+        return retained
 
     async def _serve(self, reader: asyncio.StreamReader) -> None:
         beat = asyncio.create_task(self._heartbeats())
@@ -444,7 +564,10 @@ class WorkerRuntime:
             self._send(worker_pb2.WorkerFrame(heartbeat=worker_pb2.Heartbeat()))
 
     async def _run_command(self, cmd: worker_pb2.Command) -> None:
-        reply = worker_pb2.Reply(request_id=cmd.request_id)
+        frame = worker_pb2.WorkerFrame()
+        reply = frame.reply
+        reply.SetInParent()
+        reply.request_id = cmd.request_id
         handler = self._handlers.get(cmd.command)
         try:
             if handler is None:
@@ -464,11 +587,27 @@ class WorkerRuntime:
         except CommandError as exc:
             reply.status = worker_pb2.REPLY_INVALID_ARGUMENT
             reply.error = str(exc)
+        except EventTooLarge as exc:
+            log.warning("worker %s: command %s failed: %s", self.session_id, cmd.command, exc)
+            reply.status = worker_pb2.REPLY_TOO_LARGE
+            reply.error = str(exc)
         except Exception as exc:  # a handler bug fails that command, not the worker
             log.exception("worker %s: command %s failed", self.session_id, cmd.command)
             reply.status = worker_pb2.REPLY_FAILED
             reply.error = f"{type(exc).__name__}: {exc}"
-        self._send(worker_pb2.WorkerFrame(reply=reply))
+        frame_size = frame.ByteSize()
+        if frame_size > self.max_frame:  # the command fails alone, the session goes on
+            if reply.status == worker_pb2.REPLY_OK:
+                error = _too_large("its reply", len(reply.payload), frame_size,
+                                   self.max_frame)
+                log.warning("worker %s: command %s failed: %s", self.session_id,
+                            cmd.command, error)
+                reply.Clear()
+                reply.request_id, reply.status = cmd.request_id, worker_pb2.REPLY_TOO_LARGE
+                reply.error = error
+            else:  # a long error message: shortened (4 bytes a character at most)
+                reply.error = reply.error[:self.max_frame // 8] + "…"
+        self._send(frame)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -323,19 +323,26 @@ class WorkerHandle:
         if self.lost_reason:
             return
         self.lost_reason = reason
-        error = Unavailable(f"session {self.session_id}: {reason}")
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(error)
-            self._ready.exception()  # retrieved: the opener reads it through wait_ready
-        for future in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
-        self._pending.clear()
+        self.abort_commands(Unavailable(f"session {self.session_id}: {reason}"))
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         if not self._stopping:
             self._on_fault(reason)
+
+    def abort_commands(self, error: GatewayError) -> None:
+        """Fail the start-up wait and every command in flight with ``error``.
+
+        Called with the first cause (the session's fault, the gateway's shutdown), so
+        callers hear that cause rather than the worker's exit that follows from it.
+        """
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(error)
+            self._ready.exception()  # retrieved: the opener reads it through wait_ready
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
 
     # -- flow control ------------------------------------------------------------------
 
@@ -359,12 +366,20 @@ class WorkerHandle:
         timeout = timeout or self.config.command_timeout
         self._next_id += 1
         request_id = self._next_id
+        data = protocol.encode(worker_pb2.WorkerFrame(command=worker_pb2.Command(
+            request_id=request_id, command=command, payload=payload,
+            timeout_ms=int(timeout * 1000))))
+        size = len(data) - protocol.HEADER.size
+        if size > self.config.max_frame:  # the worker would drop the connection
+            raise ResourceExhausted(
+                f"command {command!r}: its payload of {len(payload)} bytes does not fit a "
+                f"worker frame ({size} bytes > workers.max_frame_bytes = "
+                f"{self.config.max_frame}); send less at once or raise "
+                "workers.max_frame_bytes")
         future: asyncio.Future[worker_pb2.Reply] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            self._write(protocol.encode(worker_pb2.WorkerFrame(command=worker_pb2.Command(
-                request_id=request_id, command=command, payload=payload,
-                timeout_ms=int(timeout * 1000)))))
+            self._write(data)
             reply = await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise DeadlineExceeded(f"command {command!r} got no reply within {timeout:g} s") \
@@ -373,6 +388,8 @@ class WorkerHandle:
             self._pending.pop(request_id, None)
         if reply.status == worker_pb2.REPLY_INVALID_ARGUMENT:
             raise InvalidArgument(reply.error)
+        if reply.status == worker_pb2.REPLY_TOO_LARGE:  # its reply or an event it emitted
+            raise ResourceExhausted(f"command {command!r}: {reply.error}")
         if reply.status != worker_pb2.REPLY_OK:
             raise GatewayError(f"command {command!r} failed in the worker: {reply.error}",
                                code="INTERNAL")
@@ -404,8 +421,14 @@ class WorkerHandle:
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def stop(self, reason: str = "session closed") -> None:
-        """Ask the worker to exit, then terminate, then kill; reap; close everything."""
+        """Ask the worker to exit, then terminate, then kill; reap; close everything.
+
+        Commands in flight fail at once with ``reason``: it is the cause, the worker's
+        exit only follows from it.
+        """
         self._stopping = True
+        if not self.lost_reason:
+            self.abort_commands(Unavailable(f"session {self.session_id}: {reason}"))
         if self._server is not None:
             self._server.close()
             self._server = None

@@ -52,8 +52,9 @@ class Sim(Backend):
     def write(self, payload: Any) -> dict[str, Any]:
         tag = _field(payload, "tag", str)
         value = payload.get("value")
-        self.values[tag] = value
+        # first the event: one too large for a frame fails the write, nothing is stored
         self.emit("data_change", {"tag": tag, "value": value})
+        self.values[tag] = value
         return {}
 
     @command()

@@ -13,9 +13,11 @@ class ReplyStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REPLY_OK: _ClassVar[ReplyStatus]
     REPLY_INVALID_ARGUMENT: _ClassVar[ReplyStatus]
     REPLY_FAILED: _ClassVar[ReplyStatus]
+    REPLY_TOO_LARGE: _ClassVar[ReplyStatus]
 REPLY_OK: ReplyStatus
 REPLY_INVALID_ARGUMENT: ReplyStatus
 REPLY_FAILED: ReplyStatus
+REPLY_TOO_LARGE: ReplyStatus
 
 class WorkerFrame(_message.Message):
     __slots__ = ("hello", "welcome", "ready", "command", "reply", "events", "heartbeat", "shutdown", "adopt", "history", "credit")

@@ -32,7 +32,7 @@ from sessiongate.core.errors import InvalidArgument, PermissionDenied, Unauthent
 from sessiongate.core.events import Distributor, Subscription
 from sessiongate.core.session import SessionState
 from sessiongate.core.settings import Setting, SettingsError
-from sessiongate.core.testing import write_config
+from sessiongate.core.testing import rpc_error, write_config
 
 first = hookimpl(tryfirst=True)
 TIMEOUT = 15.0
@@ -60,12 +60,6 @@ def impl_args(func: Any) -> list[str]:
 
 async def wait(event: asyncio.Event) -> None:
     await asyncio.wait_for(event.wait(), TIMEOUT)
-
-
-async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await awaitable
-    return info.value
 
 
 def _exists(pid: int) -> bool:

@@ -7,16 +7,15 @@ from collections.abc import Awaitable
 from typing import Any
 
 import grpc
-import pytest
+
+from sessiongate.core import testing
 
 TIMEOUT = 15.0
 
 
 async def rpc_error(awaitable: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    """The error an RPC ends with (fails the test if it succeeds)."""
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await asyncio.wait_for(awaitable, TIMEOUT)
-    return info.value
+    """The error an RPC ends with (fails the test if it succeeds), within TIMEOUT."""
+    return await testing.rpc_error(asyncio.wait_for(awaitable, TIMEOUT))
 
 
 async def attached(call: Any) -> Any:
