@@ -151,6 +151,8 @@ class SessionManager:
             log.info("session %s: subscriber %s detached (%s)", session.session_id,
                      sub.subscriber_id or sub.kind, reason)
             self.metrics.inc("stream_disconnects", reason=reason)
+            if sub.keeps_alive and not session.kept_alive():
+                session.touch()  # the lease restarts when the last keeps-alive stream leaves
             self.hooks.notify_sync("sg_subscriber_detached", session=session, subscription=sub,
                                    reason=reason)
         return released

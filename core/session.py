@@ -120,7 +120,11 @@ class Session:
         self.lease_deadline = time.monotonic() + self.lease_seconds
 
     def kept_alive(self) -> bool:
-        """An attached stream that counts (owner's/admin's) keeps the lease from expiring."""
+        """An attached stream that counts (owner's/admin's) keeps the lease from expiring.
+
+        Such a session never expires while one is attached; its lease restarts (a full
+        ``lease_seconds``) when the last one leaves.
+        """
         dist = self.distributor
         return dist is not None and any(s.keeps_alive for s in dist.subscriptions)
 
