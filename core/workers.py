@@ -105,6 +105,7 @@ class WorkerHandle:
         self._stopping = False
         self.lost_reason = ""
         self.started_at = 0.0
+        self._starting: asyncio.Future[asyncio.subprocess.Process] | None = None
         #: the event credit: events the worker may send on its connection in all
         #: (None: freely), and the events received on it so far
         self._credit: int | None = None
@@ -158,10 +159,15 @@ class WorkerHandle:
         del nonce
         launch_hook(argv, env)
         self.started_at = time.monotonic()
-        self.process = await asyncio.create_subprocess_exec(
+        # A stop() during this await must find the process, or it would stop nothing and
+        # the worker would live on: it awaits the same start.
+        self._starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
             *argv, env=env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL, start_new_session=True)
-        env.clear()
+            stdout=asyncio.subprocess.DEVNULL, start_new_session=True))
+        try:
+            self.process = await asyncio.shield(self._starting)
+        finally:
+            env.clear()
         self.pid = self.process.pid
         log.info("session %s: worker started (pid %d, backend %s)", self.session_id, self.pid,
                  backend_name)
@@ -170,6 +176,9 @@ class WorkerHandle:
     async def go(self) -> None:
         """Open the socket, let the worker connect, wait until it is Ready."""
         assert self.process is not None and self.process.stdin is not None
+        if self._stopping:
+            raise Unavailable(f"session {self.session_id}: {self.lost_reason or 'stopped'} "
+                              "while its worker was starting")
         await self.listen(self.nonce_digest)
         try:
             self.process.stdin.write(b"g")
@@ -429,6 +438,9 @@ class WorkerHandle:
         self._stopping = True
         if not self.lost_reason:
             self.abort_commands(Unavailable(f"session {self.session_id}: {reason}"))
+        if self.process is None and self._starting is not None:
+            with contextlib.suppress(Exception):  # a failed start has nothing to stop
+                self.process = await asyncio.shield(self._starting)
         if self._server is not None:
             self._server.close()
             self._server = None

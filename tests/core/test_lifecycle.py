@@ -1,0 +1,60 @@
+"""Lifecycle races: a close or shutdown at any point of an open leaves no process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import psutil
+import pytest
+
+from sessiongate.core import hookimpl
+from sessiongate.core.testing import rpc_error, wait_for
+
+pytestmark = pytest.mark.asyncio
+
+
+def _workers_of(session_id: str) -> list[psutil.Process]:
+    """Our worker processes for that session (by the session id in their environment)."""
+    found = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if proc.environ().get("SESSIONGATE_WORKER_SESSION") == session_id \
+                    and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+class EndWhileStarting:
+    """A plugin that ends the opening session while its worker process is being started
+    (between the launch hook and the process existing): close, or a gateway shutdown."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.gateway = None
+        self.session_ids: list[str] = []
+        self.tasks: list[asyncio.Task] = []
+
+    @hookimpl
+    def sg_worker_launch(self, session, argv, env):
+        if session.client_name != "doomed":
+            return
+        self.session_ids.append(session.session_id)
+        manager = self.gateway.gateway.sessions
+        ending = (manager.close(session, "closed while starting") if self.how == "close"
+                  else self.gateway.gateway.stop())
+        self.tasks.append(asyncio.ensure_future(ending))
+
+
+@pytest.mark.parametrize("how", ["close", "shutdown"])
+async def test_ending_a_session_while_its_worker_starts_leaves_no_process(make_gateway, how):
+    plugin = EndWhileStarting(how)
+    plugin.gateway = await make_gateway(extra_plugins=(plugin,), **{"workers.spare_workers": 0})
+    client = plugin.gateway.client()
+    error = await rpc_error(client.open(client_name="doomed"))
+    assert error.code().name in ("UNAVAILABLE", "FAILED_PRECONDITION"), error.details()
+    await asyncio.gather(*plugin.tasks)
+    [sid] = plugin.session_ids
+    await wait_for(lambda: not _workers_of(sid), timeout=15)
