@@ -37,7 +37,7 @@ from sessiongate.core.errors import (
 from sessiongate.core.events import Subscription
 from sessiongate.core.metrics import Metrics
 from sessiongate.core.plugins import Hooks
-from sessiongate.core.session import ENDED, Session, SessionState, new_session_id
+from sessiongate.core.session import ENDED, EndedSession, Session, SessionState, new_session_id
 from sessiongate.core.settings import Settings, runtime_dir
 from sessiongate.core.workers import WorkerConfig, WorkerHandle
 
@@ -48,7 +48,9 @@ log = logging.getLogger("sessiongate.gateway")
 BOOTSTRAP_KEY_FILE = "bootstrap-admin.key"
 #: in state_dir: locked (flock) by the gateway using the folder, holds its pid
 LOCK_FILE = "gateway.lock"
+#: ended sessions remembered (their final SessionInfo) at most, by count and by age
 TOMBSTONES = 1024
+TOMBSTONE_SECONDS = 3600.0
 MAX_CLIENT_NAME = 256
 #: background tasks that start or stop a spare worker: awaited at shutdown, not cancelled
 SPARE_TASKS = frozenset({"spare-worker", "spare-stop"})
@@ -88,7 +90,9 @@ class SessionManager:
         self.hooks = gateway.hooks
         self.metrics = gateway.metrics
         self.live: dict[str, Session] = {}
-        self.ended: collections.OrderedDict[str, Session] = collections.OrderedDict()
+        self.ended: collections.OrderedDict[str, EndedSession] = collections.OrderedDict()
+        #: workers left running for the next gateway (reattach), for whoever must reap them
+        self.released: list[WorkerHandle] = []
         self.worker_config = WorkerConfig(self.settings)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -100,9 +104,11 @@ class SessionManager:
 
     # -- lookup ------------------------------------------------------------------------
 
-    def get(self, session_id: str) -> Session:
+    def get(self, session_id: str) -> Session | EndedSession:
+        """A live session, or what is remembered of an ended one (its final view)."""
         if not session_id:
             raise InvalidArgument("session_id is empty")
+        self._forget_old()
         session = self.live.get(session_id) or self.ended.get(session_id)
         if session is None:
             raise NotFound(f"session {session_id} was not found")
@@ -380,7 +386,7 @@ class SessionManager:
 
     # -- close -------------------------------------------------------------------------
 
-    async def close(self, session: Session, reason: str) -> Session:
+    async def close(self, session: Session | EndedSession, reason: str) -> Session | EndedSession:
         """Close (idempotent): streams end OK after their backlog, the worker stops."""
         if session.state in ENDED or session.state == SessionState.CLOSING:
             await session.ended.wait()
@@ -399,12 +405,17 @@ class SessionManager:
         await session.cancel_tasks()
         session.transition(SessionState.CLOSED, reason)
         if self.live.pop(session.session_id, None) is not None:
-            self.ended[session.session_id] = session
-            while len(self.ended) > TOMBSTONES:
-                self.ended.popitem(last=False)
+            self.ended[session.session_id] = EndedSession(session)
+            self._forget_old()
         if not session.ended.is_set():
             session.ended.set()
             await self.hooks.notify("sg_session_closed", session=session, reason=session.reason)
+
+    def _forget_old(self) -> None:
+        ended = self.ended
+        cutoff = time.monotonic() - TOMBSTONE_SECONDS
+        while ended and (len(ended) > TOMBSTONES or next(iter(ended.values())).ended_at < cutoff):
+            ended.popitem(last=False)
 
     async def shutdown(self, reason: str = "gateway shutting down") -> None:
         """Refuse new sessions, end every stream UNAVAILABLE, stop every worker."""
@@ -430,6 +441,7 @@ class SessionManager:
                                                                 session=session):
                 session.attributes["released"] = True
                 session.worker.release()
+                self.released.append(session.worker)
         await asyncio.gather(*(self._finish(s, reason) for s in sessions),
                              return_exceptions=True)
         tasks = list(self._tasks)

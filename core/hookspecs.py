@@ -320,8 +320,9 @@ def sg_worker_launch(session: Session, argv: list[str], env: dict[str, str]) -> 
 
     The worker may be started ahead of its session (a spare, ``workers.spare_workers``):
     then only ``session.session_id``, ``session.backend`` and the gateway are known;
-    owner, tag and client name are set when a client opens the session. Never log
-    ``env``: it carries the session's nonce.
+    owner, tag and client name are set when a client opens the session. The worker's
+    nonce is not in ``env`` (it comes over the worker's stdin); still, never log
+    ``env``: a deployer's variables may hold secrets.
 
     Kind: observer, sync.
     """

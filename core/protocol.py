@@ -7,6 +7,7 @@ Shared by the gateway and the worker SDK, so it imports only protobuf.
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 
 from google.protobuf.message import DecodeError
@@ -16,7 +17,6 @@ from sessiongate.v1 import worker_pb2
 __all__ = [
     "BACKEND_ENV",
     "MAX_FRAME_ENV",
-    "NONCE_ENV",
     "OPTIONS_ENV",
     "PROTOCOL_VERSION",
     "SESSION_ENV",
@@ -27,22 +27,34 @@ __all__ = [
     "credit",
     "encode",
     "read_frame",
+    "read_nonce",
     "read_sized_frame",
 ]
 
 PROTOCOL_VERSION = 2  # 2: event credit (Credit, Welcome.credit, EventBatch.overrun)
 HEADER = struct.Struct(">I")
 
-# Environment of a worker process (the nonce is removed from os.environ on start).
+# Environment of a worker process. The nonce is NOT among them: the environment and
+# argv are readable by the same user in /proc; it comes on the worker's stdin instead.
 SOCKET_ENV = "SESSIONGATE_WORKER_SOCKET"
 SESSION_ENV = "SESSIONGATE_WORKER_SESSION"
-NONCE_ENV = "SESSIONGATE_WORKER_NONCE"
 BACKEND_ENV = "SESSIONGATE_WORKER_BACKEND"
 MAX_FRAME_ENV = "SESSIONGATE_WORKER_MAX_FRAME"
 OPTIONS_ENV = "SESSIONGATE_WORKER_OPTIONS"
-#: "1": after importing everything, wait for one byte on stdin before connecting
-#: (a spare worker started ahead of its session; EOF instead means "not needed, exit")
-GO_ENV = "SESSIONGATE_WORKER_WAIT_GO"
+
+
+def read_nonce(fd: int = 0) -> bytes | None:
+    """The worker's nonce, one hex line on its stdin, written by the gateway when it
+    needs the worker (a spare waits here). ``None`` at EOF: not needed, exit."""
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = os.read(fd, 128)
+        if not chunk:
+            return None
+        line += chunk
+        if len(line) > 1024:
+            raise ValueError("the nonce line is too long")
+    return bytes.fromhex(line.strip().decode("ascii"))
 
 
 class FrameError(Exception):

@@ -24,7 +24,7 @@ from sessiongate.v1 import gateway_pb2
 if TYPE_CHECKING:
     from sessiongate.core.workers import WorkerHandle
 
-__all__ = ["ENDED", "LIVE", "Session", "SessionState", "new_session_id"]
+__all__ = ["ENDED", "LIVE", "EndedSession", "Session", "SessionState", "new_session_id"]
 
 log = logging.getLogger("sessiongate.sessions")
 
@@ -54,6 +54,12 @@ _ALLOWED = {
 def new_session_id() -> str:
     """Random 128-bit, unguessable (an id alone grants nothing, but leaks nothing either)."""
     return secrets.token_hex(16)
+
+
+def _require_ready(session_id: str, state: str, reason: str, action: str) -> None:
+    if state not in (SessionState.READY, SessionState.DETACHED):
+        detail = f": {reason}" if reason and state in ENDED else ""
+        raise FailedPrecondition(f"cannot {action}: session {session_id} is {state}{detail}")
 
 
 def _timestamp(wall: float) -> Timestamp:
@@ -109,10 +115,7 @@ class Session:
         return True
 
     def require_ready(self, action: str) -> None:
-        if self.state not in (SessionState.READY, SessionState.DETACHED):
-            detail = f": {self.reason}" if self.reason and self.state in ENDED else ""
-            raise FailedPrecondition(
-                f"cannot {action}: session {self.session_id} is {self.state}{detail}")
+        _require_ready(self.session_id, self.state, self.reason, action)
 
     # -- lease -------------------------------------------------------------------------
 
@@ -272,3 +275,40 @@ class Session:
             lease_expires_at=_timestamp(self.lease_expires_wall()),
             reason=self.reason,
         )
+
+
+class EndedSession:
+    """What is kept of a session once it has ended: its final public view and what
+    authorization reads (owner, tag). No worker, distributor, log or tasks: those go
+    with the :class:`Session`, so remembering ended sessions costs a few hundred bytes.
+    """
+
+    live = False
+    worker = None
+    distributor = None
+
+    def __init__(self, session: Session) -> None:
+        self.session_id = session.session_id
+        self.owner_key_id = session.owner_key_id
+        self.client_name = session.client_name
+        self.backend = session.backend
+        self.tag = session.tag
+        self.state = session.state
+        self.reason = session.reason
+        self.last_sequence = session.last_sequence
+        self.ended_at = time.monotonic()
+        self.attributes: dict[str, Any] = {}  # empty: plugin state went with the session
+        self._info = session.info()
+        self.ended = asyncio.Event()
+        self.ended.set()
+
+    def __repr__(self) -> str:
+        return f"<EndedSession {self.session_id} {self.state}>"
+
+    def require_ready(self, action: str) -> None:
+        _require_ready(self.session_id, self.state, self.reason, action)
+
+    def info(self) -> gateway_pb2.SessionInfo:
+        info = gateway_pb2.SessionInfo()
+        info.CopyFrom(self._info)
+        return info

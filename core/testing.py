@@ -191,8 +191,8 @@ async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Async
             await handle.stop()
             # Released workers (reattach) are still our children: end and reap them through
             # asyncio, so their transports close before the loop does.
-            for session in list(handle.gateway.sessions.ended.values()):
-                proc = session.worker.process if session.worker is not None else None
+            for worker in list(handle.gateway.sessions.released):
+                proc = worker.process
                 if proc is not None and proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()

@@ -1,7 +1,8 @@
 """The worker SDK: a backend is a small class; this module runs it in a worker process.
 
 A worker process is started by the gateway with ``python -m sessiongate.core.workerproc``
-and learns its socket, session id, nonce and backend from its environment. It
+and learns its socket, session id and backend from its environment, and its nonce
+from one line on its stdin (never the environment, which /proc shows). It
 connects, presents the nonce (``Hello``), waits for ``Welcome``, starts the
 backend, says ``Ready``, then serves commands and sends the events the backend
 emits, stamped 1, 2, 3 … and batched into as few frames as the load allows.
@@ -491,6 +492,8 @@ class WorkerRuntime:
         if frame.WhichOneof("body") != "welcome":
             raise protocol.MalformedFrame("expected welcome")
         self._heartbeat_interval = max(frame.welcome.heartbeat_interval_ms / 1000, 0.05)
+        if frame.welcome.next_nonce:  # rotated at each adoption: the old one is spent
+            self._nonce = frame.welcome.next_nonce
         if frame.welcome.max_frame_bytes:
             self._set_max_frame(frame.welcome.max_frame_bytes)
         credit = frame.welcome.credit
@@ -622,24 +625,33 @@ def _load_backend(spec: str) -> type[Backend]:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s worker %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     env = os.environ
     try:
-        nonce = bytes.fromhex(env.pop(protocol.NONCE_ENV))  # never inherited further
         options: dict[str, Any] = json.loads(env.get(protocol.OPTIONS_ENV) or "{}")
         spec = env[protocol.BACKEND_ENV]
-        runtime = WorkerRuntime(
-            socket_path=env[protocol.SOCKET_ENV], session_id=env[protocol.SESSION_ENV],
-            nonce=nonce, backend_cls=_load_backend(spec),
-            backend_name=options.get("backend_name", spec),
-            max_frame=int(env.get(protocol.MAX_FRAME_ENV, 4 << 20)),
-            history=int(options.get("history", 0)),
-            orphan_lifetime=float(options.get("orphan_lifetime", 0)))
+        backend_cls = _load_backend(spec)  # the slow part, done before we are needed
     except (KeyError, ValueError, ImportError, AttributeError, TypeError) as exc:
         print(f"sessiongate worker: bad environment: {exc!r}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the gateway decides when we stop
-    if env.get(protocol.GO_ENV) == "1" and not os.read(0, 1):
+    try:
+        nonce = protocol.read_nonce(0)  # a spare waits here until its session opens
+    except ValueError as exc:
+        print(f"sessiongate worker: bad nonce on stdin: {exc}", file=sys.stderr)
+        return 2
+    if nonce is None:
         return 0  # a spare the gateway no longer needs (or the gateway is gone)
+    try:
+        runtime = WorkerRuntime(
+            socket_path=env[protocol.SOCKET_ENV], session_id=env[protocol.SESSION_ENV],
+            nonce=nonce, backend_cls=backend_cls,
+            backend_name=options.get("backend_name", spec),
+            max_frame=int(env.get(protocol.MAX_FRAME_ENV, 4 << 20)),
+            history=int(options.get("history", 0)),
+            orphan_lifetime=float(options.get("orphan_lifetime", 0)))
+    except (KeyError, ValueError, TypeError) as exc:
+        print(f"sessiongate worker: bad environment: {exc!r}", file=sys.stderr)
+        return 2
     return asyncio.run(runtime.run())
 

@@ -1,10 +1,13 @@
 """The gateway side of one worker: socket, process, handshake, commands, heartbeats.
 
 Per session the gateway listens on its own Unix socket (mode 0600, in the 0700
-runtime dir), starts ``python -m sessiongate.core.worker`` with the socket path
-and a fresh 32-byte nonce in its environment, and accepts the first connection
-that presents that nonce (checked in constant time against its SHA-256 digest;
-the nonce itself is dropped once the process is started). Anything that goes
+runtime dir), starts ``python -m sessiongate.core.workerproc`` with the socket path
+in its environment, hands it a fresh 32-byte nonce over its stdin (never the
+environment or argv, which the same user can read in /proc), and accepts the first
+connection that comes from that process (the kernel's SO_PEERCRED) and presents
+that nonce (checked in constant time against its SHA-256 digest; the gateway keeps
+only the digest once the nonce is handed over). At each re-adoption the nonce is
+rotated: the Welcome carries the next one. Anything that goes
 wrong on the connection (EOF, an oversized or malformed frame, silence past the
 heartbeat timeout, the process exiting) faults that session only.
 """
@@ -20,6 +23,8 @@ import logging
 import os
 import secrets
 import signal
+import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -50,6 +55,16 @@ SUN_PATH_MAX = 107
 
 def nonce_digest(nonce: bytes) -> bytes:
     return hashlib.sha256(nonce).digest()
+
+
+def _peer_pid(writer: asyncio.StreamWriter) -> int | None:
+    """The pid of the process at the other end of a Unix socket, as the kernel says."""
+    sock = writer.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (AttributeError, OSError):
+        return None
+    return struct.unpack("3i", creds)[0]
 
 
 class WorkerConfig:
@@ -106,6 +121,7 @@ class WorkerHandle:
         self.lost_reason = ""
         self.started_at = 0.0
         self._starting: asyncio.Future[asyncio.subprocess.Process] | None = None
+        self._nonce = b""
         #: the event credit: events the worker may send on its connection in all
         #: (None: freely), and the events received on it so far
         self._credit: int | None = None
@@ -140,23 +156,20 @@ class WorkerHandle:
                     options: dict[str, Any] | None = None) -> None:
         """Start the worker process; it imports everything, then waits for :meth:`go`.
 
-        The nonce goes into the worker's environment; the gateway keeps only its digest.
+        The nonce stays in memory until :meth:`go` writes it to the worker's stdin.
         """
-        nonce = secrets.token_bytes(32)
-        self.nonce_digest = nonce_digest(nonce)
+        self._nonce = secrets.token_bytes(32)  # memory only, until go() hands it over
+        self.nonce_digest = nonce_digest(self._nonce)
         argv = [self.config.python, "-m", WORKER_MODULE]
         env = dict(os.environ)
         env.update(env_extra)
         env.update({
             protocol.SOCKET_ENV: self.socket_path,
             protocol.SESSION_ENV: self.session_id,
-            protocol.NONCE_ENV: nonce.hex(),
             protocol.BACKEND_ENV: backend_spec,
             protocol.MAX_FRAME_ENV: str(self.config.max_frame),
             protocol.OPTIONS_ENV: json.dumps({"backend_name": backend_name, **(options or {})}),
-            protocol.GO_ENV: "1",
         })
-        del nonce
         launch_hook(argv, env)
         self.started_at = time.monotonic()
         # A stop() during this await must find the process, or it would stop nothing and
@@ -180,8 +193,9 @@ class WorkerHandle:
             raise Unavailable(f"session {self.session_id}: {self.lost_reason or 'stopped'} "
                               "while its worker was starting")
         await self.listen(self.nonce_digest)
-        try:
-            self.process.stdin.write(b"g")
+        nonce, self._nonce = self._nonce, b""
+        try:  # the nonce goes over the worker's stdin, a pipe only it and we hold
+            self.process.stdin.write(nonce.hex().encode() + b"\n")
             await self.process.stdin.drain()
             self.process.stdin.close()
         except (ConnectionError, RuntimeError):
@@ -251,12 +265,21 @@ class WorkerHandle:
         if self._writer is not None:
             log.warning("session %s: second worker connection refused", self.session_id)
             return False
+        peer = _peer_pid(writer)
+        if hello.pid != peer or (self.pid and peer != self.pid):
+            log.warning("session %s: worker connection refused: it comes from pid %s, "
+                        "not the session's worker (pid %s)", self.session_id, peer, self.pid)
+            return False
         self._writer = writer
         self._last_seen = asyncio.get_running_loop().time()
         self.pid = self.pid or hello.pid
-        writer.write(protocol.encode(worker_pb2.WorkerFrame(welcome=worker_pb2.Welcome(
+        welcome = worker_pb2.Welcome(
             heartbeat_interval_ms=int(self.config.heartbeat_interval * 1000),
-            max_frame_bytes=self.config.max_frame, credit=protocol.credit(self._credit)))))
+            max_frame_bytes=self.config.max_frame, credit=protocol.credit(self._credit))
+        if kind == "adopt":  # rotate: the nonce that got it here is spent
+            welcome.next_nonce = secrets.token_bytes(32)
+            self.nonce_digest = nonce_digest(welcome.next_nonce)
+        writer.write(protocol.encode(worker_pb2.WorkerFrame(welcome=welcome)))
         if self._server is not None:  # one worker per session: stop listening
             self._server.close()
             self._server = None

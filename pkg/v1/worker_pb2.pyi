@@ -60,14 +60,16 @@ class Hello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., pid: _Optional[int] = ..., backend: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("heartbeat_interval_ms", "max_frame_bytes", "credit")
+    __slots__ = ("heartbeat_interval_ms", "max_frame_bytes", "credit", "next_nonce")
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_NONCE_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_ms: int
     max_frame_bytes: int
     credit: Credit
-    def __init__(self, heartbeat_interval_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ...) -> None: ...
+    next_nonce: bytes
+    def __init__(self, heartbeat_interval_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., next_nonce: _Optional[bytes] = ...) -> None: ...
 
 class Credit(_message.Message):
     __slots__ = ("paced", "through_count")

@@ -58,3 +58,43 @@ async def test_ending_a_session_while_its_worker_starts_leaves_no_process(make_g
     await asyncio.gather(*plugin.tasks)
     [sid] = plugin.session_ids
     await wait_for(lambda: not _workers_of(sid), timeout=15)
+
+
+async def test_an_ended_session_is_remembered_by_its_final_view_only(make_gateway):
+    import gc
+    import weakref
+
+    from sessiongate.core.session import EndedSession
+    from sessiongate.v1 import gateway_pb2
+
+    gw = await make_gateway()
+    client = gw.client()
+    sid = (await client.open(client_name="brief")).session_id
+    await client.invoke_json(sid, "burst", {"count": 500, "size": 10})
+    session = weakref.ref(gw.gateway.sessions.live[sid])
+    assert (await client.close(sid)).state == gateway_pb2.CLOSED
+    kept = gw.gateway.sessions.ended[sid]
+    assert isinstance(kept, EndedSession) and kept.distributor is None and kept.worker is None
+    gc.collect()
+    assert session() is None, "the ended Session (worker, log, tasks) is still referenced"
+    info = await client.get(sid)
+    assert (info.state, info.last_sequence, info.client_name) == (
+        gateway_pb2.CLOSED, 500, "brief")
+    error = await rpc_error(client.invoke(sid, "echo", b"1"))
+    assert error.code().name == "FAILED_PRECONDITION" and "CLOSED" in error.details()
+
+
+async def test_ended_sessions_are_forgotten_by_count_and_age(make_gateway, monkeypatch):
+    from sessiongate.core import gateway as gateway_module
+
+    monkeypatch.setattr(gateway_module, "TOMBSTONES", 2)
+    gw = await make_gateway()
+    client = gw.client()
+    sids = [(await client.open()).session_id for _ in range(3)]
+    for sid in sids:
+        await client.close(sid)
+    assert list(gw.gateway.sessions.ended) == sids[1:]
+    assert (await rpc_error(client.get(sids[0]))).code().name == "NOT_FOUND"
+    monkeypatch.setattr(gateway_module, "TOMBSTONE_SECONDS", 0.0)
+    assert (await rpc_error(client.get(sids[2]))).code().name == "NOT_FOUND"
+    assert not gw.gateway.sessions.ended

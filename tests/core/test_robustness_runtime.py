@@ -311,7 +311,7 @@ from sessiongate.core import protocol
 from sessiongate.v1 import worker_pb2
 
 env = os.environ
-os.read(0, 1)  # wait for "go", like a real worker
+nonce = protocol.read_nonce(0)  # from stdin, when the gateway needs us, like a real worker
 sock = socket.socket(socket.AF_UNIX)
 sock.connect(env[protocol.SOCKET_ENV])
 
@@ -332,7 +332,7 @@ def recv():
 
 sock.sendall(protocol.encode(worker_pb2.WorkerFrame(hello=worker_pb2.Hello(
     protocol_version=protocol.PROTOCOL_VERSION, session_id=env[protocol.SESSION_ENV],
-    nonce=bytes.fromhex(env[protocol.NONCE_ENV]), pid=os.getpid(), backend="fake"))))
+    nonce=nonce, pid=os.getpid(), backend="fake"))))
 assert recv().WhichOneof("body") == "welcome"
 sock.sendall(protocol.encode(worker_pb2.WorkerFrame(ready=worker_pb2.Ready())))
 while recv().WhichOneof("body") != "command":

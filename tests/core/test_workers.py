@@ -143,7 +143,7 @@ from sessiongate.v1 import gateway_pb2, worker_pb2
 
 mode = sys.argv[1]
 env = os.environ
-os.read(0, 1)  # wait for "go", like a real worker
+nonce = protocol.read_nonce(0)  # from stdin, when the gateway needs us, like a real worker
 sock = socket.socket(socket.AF_UNIX)
 sock.connect(env[protocol.SOCKET_ENV])
 
@@ -166,7 +166,7 @@ def recv():
 
 send(worker_pb2.WorkerFrame(hello=worker_pb2.Hello(
     protocol_version=protocol.PROTOCOL_VERSION, session_id=env[protocol.SESSION_ENV],
-    nonce=bytes.fromhex(env[protocol.NONCE_ENV]), pid=os.getpid(), backend="fake")))
+    nonce=nonce, pid=os.getpid(), backend="fake")))
 assert recv().WhichOneof("body") == "welcome"
 send(worker_pb2.WorkerFrame(ready=worker_pb2.Ready()))
 while True:
@@ -236,6 +236,35 @@ async def _knock(path: str, frame_bytes: bytes) -> bytes:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_a_leaked_nonce_is_useless_to_another_process(make_gateway, hold_workers,
+                                                            monkeypatch, caplog):
+    """The nonce is in no process's environment or command line, and even presented
+    correctly it admits only the process the gateway started (SO_PEERCRED)."""
+    from sessiongate.core import workers
+
+    leaked = bytes(range(32))  # the nonce an attacker somehow learned
+    monkeypatch.setattr(workers.secrets, "token_bytes", lambda n: leaked[:n])
+    gw = await make_gateway(extra_plugins=(hold_workers,), **{
+        "workers.spare_workers": 0, "workers.start_timeout_seconds": 120})
+    opening = asyncio.ensure_future(gw.client().open(client_name="victim"))
+    session = await asyncio.wait_for(hold_workers.launched.get(), ENDED)
+    handle = session.worker
+    await wait_for(lambda: handle._server is not None and handle.pid is not None)
+    worker = psutil.Process(handle.pid)
+    exposed = (b"\0".join(f"{k}={v}".encode() for k, v in worker.environ().items())
+               + " ".join(worker.cmdline()).encode())
+    assert leaked.hex().encode() not in exposed and b"NONCE" not in exposed
+    hijack = protocol.encode(worker_pb2.WorkerFrame(hello=worker_pb2.Hello(
+        protocol_version=protocol.PROTOCOL_VERSION, session_id=session.session_id,
+        nonce=leaked, pid=os.getpid())))
+    assert await _knock(handle.socket_path, hijack) == b""  # no Welcome for us
+    assert any("not the session's worker" in m for m in _messages(caplog))
+    await hold_workers.release(session.session_id)
+    assert (await opening).state == gateway_pb2.READY
+    assert await gw.client().invoke_json(session.session_id, "echo", 1) == 1
 
 
 @pytest.mark.asyncio
