@@ -452,6 +452,7 @@ class Distributor:
         self._event_bytes = 0.0  # moving average of an event's size on the wire
         self._stall: asyncio.TimerHandle | None = None
         self._admitting = False
+        self._pacers: list[Subscription] = []  # the subscriptions that pace, kept current
 
     # -- registration (no await anywhere: check and change in one step) -----------------
 
@@ -486,6 +487,7 @@ class Distributor:
         self.subscriptions = [*self.subscriptions, sub]
         if sub.external:
             self.external_count += 1
+        self._pacers = [s for s in self.subscriptions if s.paces]
         self._repace()
         return sub
 
@@ -494,6 +496,7 @@ class Distributor:
         if sub not in self.subscriptions:
             return False
         self.subscriptions = [s for s in self.subscriptions if s is not sub]
+        self._pacers = [s for s in self.subscriptions if s.paces]
         if sub.external:
             self.external_count -= 1
         sub.end(reason=reason)
@@ -551,7 +554,7 @@ class Distributor:
         replay_start = log_.replay_start()
         subs = self.subscriptions
         if subs:
-            head = max([s.cursor for s in subs if s.paces], default=log_.end)
+            head = max([s.cursor for s in self._pacers], default=log_.end)
             lowest = min(head - self.capacity, replay_start)
             for sub in subs:
                 if sub.cursor < lowest:
@@ -604,21 +607,29 @@ class Distributor:
         return limit
 
     def advanced(self, sub: Subscription) -> None:
-        """A pacing subscriber took events (its reader calls this, no await)."""
+        """A pacing subscriber took events (its reader calls this, no await).
+
+        The grant is recomputed (O(pacers)) only when the worker is within a step
+        (a quarter window) of it or this pacer has moved a step past it; otherwise a
+        take costs O(1), so K readers at the head cost O(K) per step, not per take.
+        """
         sub.last_take = time.monotonic()
         granted = self.granted
         if granted is None or self.closed is not False:
             return
-        limit = self._limit([s for s in self.subscriptions if s.paces])
         step = max(1, min(self.window, self.capacity) // 4)
-        if limit > granted and (limit - granted >= step or self.log.end + step >= granted):
+        near = self.log.end + step >= granted
+        if not near and sub.cursor + self.window < granted + step:
+            return  # neither is the worker short of room nor has the head moved a step
+        limit = self._limit(self._pacers)
+        if limit > granted and (near or limit - granted >= step):
             self._send_grant(limit)
 
     def _repace(self) -> None:
         """The set of pacing subscribers changed: recompute the grant."""
         if self.closed is not False or self._admitting:
             return
-        pacers = [s for s in self.subscriptions if s.paces]
+        pacers = self._pacers
         if not pacers:
             self._cancel_stall()
             if self.granted is not None:
@@ -712,6 +723,7 @@ class Distributor:
         self.closed = error if error is not None else True
         self._cancel_stall()
         subs, self.subscriptions = self.subscriptions, []
+        self._pacers = []
         for sub in subs:
             sub.end(error, reason=error.message if error else "session closed", drain=True)
             if sub.external:
