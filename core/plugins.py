@@ -27,6 +27,7 @@ __all__ = [
     "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
     "Hooks",
+    "installed_plugin_names",
     "load",
     "make_plugin_manager",
     "plugin_listing",
@@ -97,6 +98,19 @@ def make_plugin_manager(
     return pm
 
 
+def installed_plugin_names(extra_plugins: Iterable[Any] = ()) -> set[str]:
+    """Every name a ``plugins.<name>`` settings table may have: the built-in plugins, the
+    installed entry points (read from metadata, nothing imported) and ``extra_plugins``,
+    whether switched on or off."""
+    names = set(BUILTIN_PLUGINS)
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    for plugin in extra_plugins:
+        name = getattr(plugin, "__name__", None)  # pluggy's canonical name
+        if isinstance(name, str):
+            names.add(name)
+    return {name.lower() for name in names}
+
+
 def load(
     config_file: str | None = None,
     *,
@@ -115,7 +129,8 @@ def load(
             rules.extend(contributed)
         return rules
 
-    settings = load_settings(config_file, plugin_rules=plugin_rules)
+    settings = load_settings(config_file, plugin_rules=plugin_rules,
+                             installed_plugins=installed_plugin_names(extra_plugins))
     return settings, holder["pm"]
 
 

@@ -4,7 +4,10 @@ Loading is dynaconf (``SESSIONGATE_`` prefix, ``__`` for nesting). Validation is
 two-phase (CONVENTIONS §2.3): core's rules and the plugin switches first, then
 the rules that the enabled plugins contribute through ``sg_add_validators``.
 Every problem of both phases is collected into one :class:`SettingsError`,
-so a deployer sees everything that is wrong in one go (the CLI exits 2).
+so a deployer sees everything that is wrong in one go (the CLI exits 2). Whatever
+dynaconf cannot read (a file that is not TOML, ``SESSIONGATE_X='@int abc'``) is a
+:class:`SettingsError` too, never a traceback; every numeric rule has a finite upper
+bound, and a ``plugins.<name>`` table must name an installed plugin.
 
 Each rule is a :class:`Setting` - a dynaconf ``Validator`` plus the words that
 ``docs/settings.md`` is generated from, so the documentation cannot drift.
@@ -13,15 +16,19 @@ Each rule is a :class:`Setting` - a dynaconf ``Validator`` plus the words that
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.resources
+import math
 import os
 import pathlib
 import re
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from dynaconf import Dynaconf, ValidationError, Validator
+from dynaconf.utils.parse_conf import Lazy, boolean_fix, parse_conf_data
 from dynaconf.validator import ValidatorList
 
 __all__ = [
@@ -59,8 +66,13 @@ class SettingsError(Exception):
     """Invalid settings: every problem, one per line, each naming key, value and rule."""
 
     def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = [printable(p) for p in problems]
+        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+def printable(text: str) -> str:
+    """``text`` on one line, whatever a key holds: control characters shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +104,17 @@ class Setting:
         # dynaconf str.format()s the messages: braces in a rule ("{username}") are literal
         rule = self.rule.replace("{", "{{").replace("}", "}}")
         message = f"{self.key} = {{value!r}}: must be {rule}"
+        check = self.check
+
+        def condition(value: Any) -> bool:
+            try:  # a check that cannot cope with a value (None < 5) refuses it
+                return bool(check(value))
+            except Exception:
+                return False
+
         kwargs: dict[str, Any] = {
             "must_exist": True if self.required else None,
-            "condition": self.check,
+            "condition": condition,
             "messages": {
                 "must_exist_true": f"{self.key} is missing: must be {rule}",
                 "condition": message,
@@ -115,23 +135,55 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and value == value  # not NaN
+    """An int, or a finite float (not NaN, not ±inf)."""
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
 
 
-def positive_int(key: str, effect: str, **kw: Any) -> Setting:
-    return Setting(key, "an integer > 0", lambda v: _is_int(v) and v > 0, effect, **kw)
+#: Upper bound of a numeric rule that names none: a year for ``*_seconds`` keys, else
+#: the int32 range. Every numeric rule is bounded, so ``inf`` and huge values never pass.
+MAX_SECONDS = 365 * 86400
+MAX_COUNT = 2**31 - 1
+_SPANS = {60: "a minute", 3600: "an hour", 86400: "a day", 7 * 86400: "a week",
+          30 * 86400: "30 days", MAX_SECONDS: "365 days"}
 
 
-def non_negative_int(key: str, effect: str, **kw: Any) -> Setting:
-    return Setting(key, "an integer >= 0", lambda v: _is_int(v) and v >= 0, effect, **kw)
+def _maximum(key: str, maximum: int | None) -> int:
+    if maximum is not None:
+        return maximum
+    return MAX_SECONDS if key.endswith("_seconds") else MAX_COUNT
 
 
-def positive_number(key: str, effect: str, **kw: Any) -> Setting:
-    return Setting(key, "a number > 0", lambda v: _is_number(v) and v > 0, effect, **kw)
+def _bounded(kind: str, low: str, key: str, maximum: int) -> str:
+    """``an integer > 0 and <= 86400 (a day)``: the words of a bounded numeric rule."""
+    span = _SPANS.get(maximum) if key.endswith("_seconds") else None
+    return f"{kind} {low} and <= {maximum}" + (f" ({span})" if span else "")
 
 
-def non_negative_number(key: str, effect: str, **kw: Any) -> Setting:
-    return Setting(key, "a number >= 0", lambda v: _is_number(v) and v >= 0, effect, **kw)
+def positive_int(key: str, effect: str, *, maximum: int | None = None, **kw: Any) -> Setting:
+    top = _maximum(key, maximum)
+    return Setting(key, _bounded("an integer", "> 0", key, top),
+                   lambda v: _is_int(v) and 0 < v <= top, effect, **kw)
+
+
+def non_negative_int(key: str, effect: str, *, maximum: int | None = None,
+                     **kw: Any) -> Setting:
+    top = _maximum(key, maximum)
+    return Setting(key, _bounded("an integer", ">= 0", key, top),
+                   lambda v: _is_int(v) and 0 <= v <= top, effect, **kw)
+
+
+def positive_number(key: str, effect: str, *, maximum: int | None = None,
+                    **kw: Any) -> Setting:
+    top = _maximum(key, maximum)
+    return Setting(key, _bounded("a number", "> 0", key, top),
+                   lambda v: _is_number(v) and 0 < v <= top, effect, **kw)
+
+
+def non_negative_number(key: str, effect: str, *, maximum: int | None = None,
+                        **kw: Any) -> Setting:
+    top = _maximum(key, maximum)
+    return Setting(key, _bounded("a number", ">= 0", key, top),
+                   lambda v: _is_number(v) and 0 <= v <= top, effect, **kw)
 
 
 def boolean(key: str, effect: str, **kw: Any) -> Setting:
@@ -171,48 +223,60 @@ def core_settings() -> list[Setting]:
         Setting("server.grpc_address", "host:port (port 0 picks a free port and logs it)",
                 _host_port, "Where the gRPC API listens."),
         non_negative_number("server.shutdown_grace_seconds",
-                            "On SIGTERM, how long active calls get before they are cancelled."),
+                            "On SIGTERM, how long active calls get before they are cancelled.",
+                            maximum=3600),
         one_of("log.level", ("DEBUG", "INFO", "WARNING", "ERROR"), "Log threshold."),
         one_of("log.format", ("text", "json"), "Human-readable lines, or one JSON object a line."),
         positive_number("sessions.default_lease_seconds",
-                        "Lease of a new session, and the extension each Invoke grants."),
+                        "Lease of a new session, and the extension each Invoke grants.",
+                        maximum=MAX_SECONDS),
         positive_number("sessions.lease_sweep_interval_seconds",
-                        "How often expired sessions are looked for and closed."),
-        positive_int("sessions.max_sessions", "Open sessions at most; more: RESOURCE_EXHAUSTED."),
+                        "How often expired sessions are looked for and closed.",
+                        maximum=3600),
+        positive_int("sessions.max_sessions", "Open sessions at most; more: RESOURCE_EXHAUSTED.",
+                     maximum=100_000),
         positive_int("sessions.max_pending_commands",
-                     "Commands in flight per session at most; more: RESOURCE_EXHAUSTED."),
+                     "Commands in flight per session at most; more: RESOURCE_EXHAUSTED.",
+                     maximum=100_000),
         positive_number("sessions.command_timeout_seconds",
-                        "Default per-command timeout; when it passes: DEADLINE_EXCEEDED."),
+                        "Default per-command timeout; when it passes: DEADLINE_EXCEEDED.",
+                        maximum=86400),
         positive_int("events.queue_capacity",
                      "How far a subscriber may fall behind the head (the newest event handed "
                      "to the fastest complete subscriber) beyond what the replay ring keeps "
                      "anyway; past it the subscriber meets the overflow policy. Independent "
-                     "of plugins.fanout.replay_buffer_capacity."),
+                     "of plugins.fanout.replay_buffer_capacity.", maximum=1_000_000),
         one_of("events.backpressure_policy", ("fail_fast", "disconnect_subscriber"),
                "On overflow: fault the session, or end only that subscriber's stream."),
         positive_number("events.stall_timeout_seconds",
                         "How long the subscriber that paces the worker may take nothing while "
-                        "the worker waits for it; then it meets the overflow policy."),
+                        "the worker waits for it; then it meets the overflow policy.",
+                        maximum=86400),
         Setting("events.max_batch", "an integer from 1 to 10000",
                 lambda v: _is_int(v) and 1 <= v <= 10000,
                 "Events per StreamEvents response at most (a client may ask for fewer)."),
         string("workers.backend", "Backend of sessions that do not name one.",
                pattern=r"[A-Za-z0-9_.-]+", rule="a backend name"),
         positive_number("workers.start_timeout_seconds",
-                        "How long a new worker may take to connect and become Ready."),
+                        "How long a new worker may take to connect and become Ready.",
+                        maximum=3600),
         positive_number("workers.stop_timeout_seconds",
-                        "How long a closing worker gets to exit before it is killed."),
+                        "How long a closing worker gets to exit before it is killed.",
+                        maximum=3600),
         Setting("workers.max_frame_bytes", "an integer from 1024 to 67108864",
                 lambda v: _is_int(v) and 1024 <= v <= 64 * 1024 * 1024,
                 "Largest IPC frame; a larger one faults its session."),
         positive_number("workers.heartbeat_interval_seconds",
-                        "How often gateway and worker send heartbeats when idle."),
+                        "How often gateway and worker send heartbeats when idle.",
+                        maximum=3600),
         positive_number("workers.heartbeat_timeout_seconds",
-                        "Silence from a worker for this long faults its session."),
+                        "Silence from a worker for this long faults its session.",
+                        maximum=86400),
         string("workers.python", "Python interpreter for workers; empty: the gateway's own."),
         non_negative_int("workers.spare_workers",
                          "Workers of the default backend started ahead of time, so an open "
-                         "skips the worker's start-up (0: start each on demand)."),
+                         "skips the worker's start-up (0: start each on demand).",
+                         maximum=100),
     ]
 
 
@@ -224,25 +288,149 @@ def defaults_path() -> pathlib.Path:
     return pathlib.Path(str(importlib.resources.files("sessiongate.settings") / "settings.toml"))
 
 
-def _plugin_names(raw: Any) -> list[str]:
-    plugins = raw.get("plugins") if raw is not None else None
-    return sorted(str(k).lower() for k in plugins.keys()) if plugins else []
+def _plugin_names(settings: Any) -> list[str]:
+    plugins = settings.get("plugins") if settings is not None else None
+    return sorted(str(k).lower() for k in plugins) if isinstance(plugins, Mapping) else []
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line of text (never a traceback)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def _markers(data: Any, where: str, path: str = "") -> list[str]:
+    """Problems with dynaconf's ``@int``-style markers in a settings file's strings."""
+    problems: list[str] = []
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            problems += _markers(value, where, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, list):
+        for value in data:
+            problems += _markers(value, where, path)
+    elif isinstance(data, str) and data.startswith("@"):
+        try:
+            parse_conf_data(data, tomlfy=False, box_settings={})
+        except Exception as exc:
+            problems.append(f"{where}: {path.lower()} = {data!r}: cannot be parsed: "
+                            f"{_reason(exc)}")
+    return problems
+
+
+def _file_problems(path: pathlib.Path) -> list[str]:
+    """Read a settings file before dynaconf does: a broken one becomes one line naming
+    the file (and, for bad TOML, the line and column)."""
+    where = f"settings file {str(path)!r}"
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return [f"{where} cannot be read: {exc.strerror or _reason(exc)}"]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        return [f"{where} is not UTF-8 text (line {line}); TOML files must be UTF-8"]
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        return [f"{where} is not valid TOML: {_reason(exc)}"]
+    return _markers(data, where)
+
+
+def _environment_problems() -> list[str]:
+    """Every ``SESSIONGATE_*`` value that dynaconf cannot parse (``'@int abc'``)."""
+    problems = []
+    for name, value in sorted(os.environ.items()):
+        if not name.startswith(f"{ENV_PREFIX}_"):
+            continue
+        try:
+            parse_conf_data(boolean_fix(value), tomlfy=True, box_settings={})
+        except Exception as exc:
+            problems.append(f"environment variable {name} = {value!r}: cannot be parsed: "
+                            f"{_reason(exc)}")
+    return problems
+
+
+def _env_name(key: str) -> str:
+    return f"{ENV_PREFIX}_" + "__".join(part.upper() for part in key.split("."))
+
+
+def _is_lazy(value: Any, tomlfy: bool) -> bool:
+    try:
+        return isinstance(parse_conf_data(value, tomlfy=tomlfy, box_settings={}), Lazy)
+    except Exception:
+        return False
+
+
+def _deferred(files: Iterable[pathlib.Path]) -> list[str]:
+    """Where dynaconf evaluates a value late (``@format``, ``@get``...): the usual suspects
+    when loading fails without naming a key."""
+    found = [name for name, value in sorted(os.environ.items())
+             if name.startswith(f"{ENV_PREFIX}_") and value.startswith("@")
+             and _is_lazy(value, tomlfy=True)]
+    for path in files:
+        try:
+            data = flatten(tomllib.loads(path.read_text(encoding="utf-8")))
+        except Exception:
+            continue
+        found += [f"{key} in {str(path)!r}" for key, value in data.items()
+                  if isinstance(value, str) and value.startswith("@")
+                  and _is_lazy(value, tomlfy=False)]
+    return found
+
+
+def _unreadable(settings: Dynaconf, data: Mapping[str, Any]) -> list[str]:
+    """Evaluate every value now (dynaconf evaluates ``@format`` and the like on access):
+    a value that cannot be evaluated is a problem naming its key."""
+    problems: list[str] = []
+
+    def walk(get: Callable[[], Any], key: str) -> None:
+        try:
+            value = get()
+        except Exception as exc:
+            origin = _env_name(key)
+            hint = (f" (environment variable {origin} = {os.environ[origin]!r})"
+                    if origin in os.environ else "")
+            problems.append(f"{key}: cannot be read{hint}: {_reason(exc)}")
+            return
+        if isinstance(value, Mapping):
+            for sub in list(value.keys()):
+                walk(lambda sub=sub: value[sub], f"{key}.{str(sub).lower()}")
+
+    for top in list(data.keys()):
+        walk(lambda top=top: settings.get(top), str(top).lower())
+    return problems
 
 
 def _dynaconf(config_file: str | os.PathLike[str] | None) -> Dynaconf:
-    files = [str(defaults_path())]
+    """The settings, every source read and every value evaluated now: whatever dynaconf
+    cannot make of a file or a variable is a :class:`SettingsError`, never a traceback."""
+    files = [defaults_path()]
     user = config_file or os.environ.get(SETTINGS_FILE_ENV)
     if user:
         path = pathlib.Path(user)
         if not path.is_file():
             raise SettingsError([f"settings file {str(path)!r} does not exist or is not a file"])
-        files.append(str(path))
-    return Dynaconf(
+        files.append(path)
+    problems = [p for f in files for p in _file_problems(f)] + _environment_problems()
+    if problems:
+        raise SettingsError(problems)
+    settings = Dynaconf(
         envvar_prefix=ENV_PREFIX,
-        settings_files=files,
+        settings_files=[str(f) for f in files],
         environments=False,
         merge_enabled=True,
     )
+    try:
+        data = settings.as_dict()  # reads every source now, not at the first access
+    except Exception as exc:
+        deferred = _deferred(files)
+        hint = f" (evaluated late: {', '.join(deferred)})" if deferred else ""
+        raise SettingsError([f"settings cannot be loaded{hint}: {_reason(exc)}"]) from None
+    problems = _unreadable(settings, data)
+    if problems:
+        raise SettingsError(problems)
+    return settings
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -258,37 +446,100 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _problems(settings: Dynaconf, rules: list[Setting]) -> list[str]:
+    validators = [r.validator() for r in rules]
     try:  # a list of its own: each phase reports its own rules once
-        ValidatorList(settings, validators=[r.validator() for r in rules]).validate_all()
+        ValidatorList(settings, validators=validators).validate_all()
     except ValidationError as exc:
         return [str(message) for _validator, message in exc.details]
+    except Exception:  # one rule cannot cope: check them one by one, name the culprit
+        problems = []
+        for rule, validator in zip(rules, validators, strict=True):
+            try:
+                ValidatorList(settings, validators=[validator]).validate_all()
+            except ValidationError as exc:
+                problems += [str(message) for _validator, message in exc.details]
+            except Exception as exc:
+                problems.append(f"{rule.key}: cannot be checked: {_reason(exc)}")
+        return problems
     return []
+
+
+def _shipped_tables() -> list[str]:
+    """Dotted keys that are tables in the shipped defaults (``sessions``, ``plugins.acl``)."""
+    with open(defaults_path(), "rb") as fh:
+        data = tomllib.load(fh)
+
+    def walk(table: Mapping[str, Any], prefix: str) -> list[str]:
+        out = []
+        for key, value in table.items():
+            if isinstance(value, Mapping) and value:
+                out.append(prefix + key)
+                out += walk(value, prefix + key + ".")
+        return out
+
+    return walk(data, "")
+
+
+_ABSENT = object()
+
+
+def _under(key: str, tables: Iterable[str]) -> bool:
+    return any(key == t or key.startswith(t + ".") for t in tables)
+
+
+def _not_installed(name: str, installed: Iterable[str]) -> str:
+    names = sorted(installed)
+    close = difflib.get_close_matches(name, names, n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return (f"plugins.{name}: plugin {name!r} is not installed{guess}; installed: "
+            f"{', '.join(names)}")
 
 
 def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     *,
     plugin_rules: Callable[[Dynaconf], list[Setting]] | None = None,
+    installed_plugins: Iterable[str] | None = None,
 ) -> Dynaconf:
     """Load and validate; raise :class:`SettingsError` listing every problem.
 
     :param plugin_rules: called with the phase-1 settings when the plugin switches
         are valid; returns the rules of the enabled plugins (the plugin host passes
         ``sg_add_validators`` here).
+    :param installed_plugins: the plugin names a ``plugins.<name>`` table may have
+        (default: the built-in plugins and the installed entry points); a table of any
+        other name is refused, with a suggestion.
     """
-    settings = _dynaconf(config_file)
-    problems: list[str] = []
-    rules = core_settings()
-    from sessiongate.core.plugins import BUILTIN_PLUGINS
+    from sessiongate.core.plugins import BUILTIN_PLUGINS, installed_plugin_names
 
+    settings = _dynaconf(config_file)
+    installed = ({str(n).lower() for n in installed_plugins} if installed_plugins is not None
+                 else installed_plugin_names())
+    problems: list[str] = []
+    # A table that is not a table (SESSIONGATE_SESSIONS=5): one problem, and nothing
+    # under it is looked at (dynaconf cannot look into it).
+    broken: list[str] = []
+    unknown = [n for n in _plugin_names(settings) if n not in installed]
+    problems += [_not_installed(n, installed) for n in unknown]
+    skipped = [f"plugins.{n}" for n in unknown]  # reported once, not looked into
+    for table in _shipped_tables() + [f"plugins.{n}" for n in _plugin_names(settings)]:
+        if _under(table, broken + skipped):
+            continue
+        value = settings.get(table, _ABSENT)
+        if value is not _ABSENT and not isinstance(value, Mapping):
+            broken.append(table)
+            problems.append(f"{table} = {value!r}: must be a table")
+    names = [] if _under("plugins", broken) else _plugin_names(settings)
+    skipped += broken
+    rules = [r for r in core_settings() if not _under(r.key, skipped)]
     # Built-in switches are shipped in the defaults; a third-party plugin's table may
     # leave its switch out (it is on when installed).
     switches = [boolean(f"plugins.{name}.enabled", f"Switches the {name} plugin on or off.",
                         required=name in BUILTIN_PLUGINS, default=True)
-                for name in _plugin_names(settings)]
+                for name in names if not _under(f"plugins.{name}", skipped)]
     problems += _problems(settings, rules + switches)
-    if plugin_rules is not None and not any(p.startswith("plugins.") and ".enabled" in p
-                                            for p in problems):
+    if plugin_rules is not None and not broken and not any(
+            p.startswith("plugins.") and ".enabled" in p for p in problems):
         extra = plugin_rules(settings)
         rules += extra
         problems += _problems(settings, extra)
@@ -298,7 +549,7 @@ def load_settings(
     checked = {k.split(".")[1] for k in known if k.startswith("plugins.") and
                not k.endswith(".enabled")} if plugin_rules is not None else set()
     for key in sorted(flatten(settings.as_dict())):
-        if key in known or key in ENV_ONLY:
+        if key in known or key in ENV_ONLY or _under(key, skipped):
             continue
         parts = key.split(".")
         if parts[0] == "plugins" and len(parts) > 1 and parts[1] not in checked:
@@ -313,8 +564,8 @@ def redacted(settings: Dynaconf, secret_keys: Iterable[str]) -> dict[str, Any]:
     """The effective settings as a flat dict with every secret replaced by ``***``."""
     secrets = set(secret_keys)
     flat = {k: v for k, v in flatten(settings.as_dict()).items() if k not in ENV_ONLY}
-    return {k: (REDACTED if (k in secrets or SECRET_NAME.search(k.rsplit(".", 1)[-1]))
-                and v not in ("", None) else v)
+    return {printable(k): (REDACTED if (k in secrets or SECRET_NAME.search(k.rsplit(".", 1)[-1]))
+                           and v not in ("", None) else v)
             for k, v in sorted(flat.items())}
 
 

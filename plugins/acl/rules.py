@@ -73,10 +73,12 @@ def rules(settings: Settings) -> list[Setting]:
     return [
         positive_int(f"{P}.token_ttl_seconds",
                      "Lifetime of the token an LDAP login returns; after it, the token is "
-                     "refused (UNAUTHENTICATED) and its live streams end."),
+                     "refused (UNAUTHENTICATED) and its live streams end.",
+                     maximum=30 * 86400),
         positive_number(f"{P}.revocation_check_interval_seconds",
                         "How often live streams are checked against revoked API keys and "
-                        "expired tokens (a revoked key's streams end within about this time)."),
+                        "expired tokens (a revoked key's streams end within about this time).",
+                        maximum=3600),
         boolean(ENABLED, "Switches LDAP login (the Login RPC and `sessiongate login`) on."),
         string(f"{L}.url", "The directory: ldap://host[:port] or ldaps://host[:port].",
                pattern=URL_PATTERN, rule="an ldap:// or ldaps:// URL (host and optional port)"),
@@ -90,7 +92,8 @@ def rules(settings: Settings) -> list[Setting]:
                "certificate (ldaps:// and StartTLS); empty: the system's CAs."),
         positive_number(f"{L}.timeout_seconds",
                         "Connect and response timeout for each directory request; a "
-                        "directory that does not answer in time makes Login UNAVAILABLE."),
+                        "directory that does not answer in time makes Login UNAVAILABLE.",
+                        maximum=300),
         string(f"{L}.bind_dn", "Service account for search-then-bind; empty: bind "
                "directly with plugins.acl.ldap.user_dn_template."),
         string(f"{L}.bind_password", "Password of the service account (a secret: redacted "

@@ -33,11 +33,12 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
     return [
         positive_int("plugins.fanout.max_subscribers_per_session",
                      "External subscribers per session at most; one more gets "
-                     "RESOURCE_EXHAUSTED. Internal subscribers do not count."),
+                     "RESOURCE_EXHAUSTED. Internal subscribers do not count.", maximum=10_000),
         non_negative_int("plugins.fanout.replay_buffer_capacity",
-                         "Newest events kept per session for resuming subscribers (0: none)."),
+                         "Newest events kept per session for resuming subscribers (0: none).",
+                         maximum=1_000_000),
         non_negative_number("plugins.fanout.replay_retention_seconds",
-                            "Oldest age of a kept event (0: no age limit)."),
+                            "Oldest age of a kept event (0: no age limit).", maximum=7 * 86400),
     ]
 
 

@@ -53,9 +53,11 @@ MANIFEST_KEY = "reattach.manifest"
 def sg_add_validators(settings: Settings) -> Sequence[Setting]:
     return [
         positive_number("plugins.reattach.adoption_window_seconds",
-                        "At startup, how long to wait for surviving workers to phone home."),
+                        "At startup, how long to wait for surviving workers to phone home.",
+                        maximum=3600),
         positive_number("plugins.reattach.max_orphan_lifetime_seconds",
-                        "How long a worker whose gateway is gone keeps running unadopted."),
+                        "How long a worker whose gateway is gone keeps running unadopted.",
+                        maximum=86400),
     ]
 
 

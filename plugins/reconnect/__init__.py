@@ -43,7 +43,7 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
     return [
         positive_number("plugins.reconnect.detach_grace_seconds",
                         "How long a session whose last subscriber dropped waits in DETACHED "
-                        "for a resume before it is closed."),
+                        "for a resume before it is closed.", maximum=86400),
         Setting("plugins.fanout.enabled",
                 "true while plugins.reconnect.enabled is true (reconnect resumes from "
                 "fanout's replay ring)", lambda v: v is True,
