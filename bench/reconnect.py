@@ -81,7 +81,7 @@ def main() -> int:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="sgrc-"))
     config_extra = (f"plugins.fanout.replay_buffer_capacity = {args.backlog}\n"
                     "plugins.reconnect.detach_grace_seconds = 600\n")
-    gw = Gateway(workdir, capacity=args.backlog * 2, extra=config_extra)
+    gw = Gateway(workdir, extra=config_extra)  # the shipped events.queue_capacity
     try:
         res = asyncio.run(measure(gw.address, gw.key, args.backlog, runs))
     finally:
