@@ -83,19 +83,28 @@ _EVENT_PREFIX = [_field_prefix(0x0A, n) for n in range(4096)]  # field 1, small 
 
 
 class WireEvent(tuple):
-    """``(sequence, data, event)``: an event with its encoding as field 1 of
-    ``StreamEventsResponse``, made once.
+    """``(sequence, data)``: an event as field 1 of ``StreamEventsResponse``, made once.
 
     The pump turns each event into one of these; every subscriber's response is then
     a byte-join of the events it carries, so a batch is serialized once however many
-    subscribers receive it. ``event`` is the parsed message for in-process consumers.
-    A tuple, built by C-level ``map``/``zip``: this is on the per-event hot path.
+    subscribers receive it. Events from a worker are never decoded on the way: their
+    bytes pass through as the worker encoded them. ``event`` decodes one on demand,
+    for in-process consumers. A tuple, built by C-level ``map``/``zip``: this is on
+    the per-event hot path.
     """
 
     __slots__ = ()
     sequence = property(operator.itemgetter(0))
     data = property(operator.itemgetter(1))
-    event = property(operator.itemgetter(2))
+
+    @property
+    def event(self) -> Any:
+        """The decoded ``Event`` (for in-process consumers; costs a parse each time)."""
+        data = self[1]
+        start = 1
+        while data[start] & 0x80:  # past the field key and the length varint
+            start += 1
+        return gateway_pb2.Event.FromString(data[start + 1:])
 
     def __repr__(self) -> str:
         return f"<WireEvent {self.sequence} {len(self.data)} B>"
@@ -105,13 +114,18 @@ _serialize = gateway_pb2.Event.SerializeToString
 
 
 def to_wire(events: Sequence[Any], sequences: list[int] | None = None) -> list[WireEvent]:
-    """Encode a batch; ``sequences`` may be passed when the caller already has them."""
-    prefixes = _EVENT_PREFIX
-    datas = [(prefixes[len(body)] if len(body) < 4096 else _field_prefix(0x0A, len(body)))
-             + body for body in map(_serialize, events)]
+    """Encode a batch of ``Event`` messages; ``sequences`` when the caller has them."""
     if sequences is None:
         sequences = [e.sequence for e in events]
-    return list(map(WireEvent, zip(sequences, datas, events, strict=True)))
+    return wire_from_bodies(list(map(_serialize, events)), sequences)
+
+
+def wire_from_bodies(bodies: Sequence[bytes], sequences: Sequence[int]) -> list[WireEvent]:
+    """A batch of already encoded ``Event`` bodies (a worker's, passed through)."""
+    prefixes = _EVENT_PREFIX
+    datas = [(prefixes[len(body)] if len(body) < 4096 else _field_prefix(0x0A, len(body)))
+             + body for body in bodies]
+    return list(map(WireEvent, zip(sequences, datas, strict=True)))
 
 
 _CAUGHT_UP = b"\x18\x01"  # field 3 (caught_up) = true

@@ -26,9 +26,13 @@ __all__ = [
     "MalformedFrame",
     "credit",
     "encode",
+    "parse_frame",
+    "parse_raw_events",
     "read_frame",
+    "read_frame_bytes",
     "read_nonce",
     "read_sized_frame",
+    "sequence_of",
 ]
 
 PROTOCOL_VERSION = 2  # 2: event credit (Credit, Welcome.credit, EventBatch.overrun)
@@ -90,16 +94,56 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> worker_pb2
 async def read_sized_frame(reader: asyncio.StreamReader,
                            max_bytes: int) -> tuple[worker_pb2.WorkerFrame, int]:
     """Read one frame and its size in bytes; ``asyncio.IncompleteReadError`` at EOF."""
+    data = await read_frame_bytes(reader, max_bytes)
+    return parse_frame(data), len(data)
+
+
+async def read_frame_bytes(reader: asyncio.StreamReader, max_bytes: int) -> bytes:
+    """One frame's bytes, unparsed; ``asyncio.IncompleteReadError`` at EOF."""
     header = await reader.readexactly(HEADER.size)
     (size,) = HEADER.unpack(header)
     if size > max_bytes:
         raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {max_bytes} bytes")
-    data = await reader.readexactly(size)
+    return await reader.readexactly(size)
+
+
+#: the first byte of a frame whose body is ``events`` (field 6, length-delimited)
+EVENTS_TAG = 0x32
+
+
+def parse_frame(data: bytes) -> worker_pb2.WorkerFrame:
     frame = worker_pb2.WorkerFrame()
     try:
         frame.ParseFromString(data)
     except DecodeError as exc:
-        raise MalformedFrame(f"malformed frame ({size} bytes): {exc}") from None
+        raise MalformedFrame(f"malformed frame ({len(data)} bytes): {exc}") from None
     if frame.WhichOneof("body") is None:
-        raise MalformedFrame(f"frame ({size} bytes) carries no known message")
-    return frame, size
+        raise MalformedFrame(f"frame ({len(data)} bytes) carries no known message")
+    return frame
+
+
+def parse_raw_events(data: bytes) -> tuple[list[bytes], bool]:
+    """An events frame with every Event left encoded: ``(bodies, overrun)``.
+
+    Only the envelope is decoded; each event's sequence is read by the caller
+    (:func:`sequence_of`). The bodies are checked when a subscriber decodes them.
+    """
+    raw = worker_pb2.RawEventFrame()
+    try:
+        raw.ParseFromString(data)
+    except DecodeError as exc:
+        raise MalformedFrame(f"malformed events frame ({len(data)} bytes): {exc}") from None
+    return list(raw.events.events), raw.events.overrun
+
+
+def sequence_of(body: bytes) -> int:
+    """An encoded Event's sequence (field 1, written first); 0 when it is not there."""
+    if not body or body[0] != 0x08:
+        return 0
+    value = shift = 0
+    for byte in body[1:11]:
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value
+        shift += 7
+    return 0

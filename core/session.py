@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sessiongate.core.errors import FailedPrecondition, GatewayError, Unavailable
-from sessiongate.core.events import Distributor, Subscription, to_wire
+from sessiongate.core.events import Distributor, Subscription, to_wire, wire_from_bodies
+from sessiongate.core.protocol import sequence_of
 from sessiongate.v1 import gateway_pb2
 
 if TYPE_CHECKING:
@@ -139,14 +140,15 @@ class Session:
 
     # -- events (the pump) -------------------------------------------------------------
 
-    def on_events(self, events: list[Any], nbytes: int = 0, overrun: bool = False) -> None:
-        """A batch from the worker: check the sequence, then hand it to the distributor.
+    def on_events(self, events: list[bytes], nbytes: int = 0, overrun: bool = False) -> None:
+        """A batch of encoded events from the worker: check the sequences, then hand it
+        to the distributor, the bytes as the worker wrote them (never decoded here).
 
         :param nbytes: the frame's size (sizes the pacing window).
         :param overrun: the worker dropped events right before this batch
             (``WORKER_OVERRUN``); any other jump is ``WORKER_DISCONNECTED``.
         """
-        sequences = [e.sequence for e in events]
+        sequences = list(map(sequence_of, events))
         expected = self.last_sequence + 1
         if sequences != list(range(expected, expected + len(sequences))):
             self._publish_with_jumps(events, sequences, expected, overrun)
@@ -154,9 +156,9 @@ class Session:
         self.last_sequence = sequences[-1]
         if self.distributor is not None and self.state != SessionState.FAULTED:
             # encoded once here, for every subscriber
-            self.distributor.publish(to_wire(events, sequences), nbytes)
+            self.distributor.publish(wire_from_bodies(events, sequences), nbytes)
 
-    def _publish_with_jumps(self, events: list[Any], sequences: list[int], expected: int,
+    def _publish_with_jumps(self, events: list[bytes], sequences: list[int], expected: int,
                             overrun: bool) -> None:
         """Not contiguous: a repeat or a step back faults; forward jumps become holes
         announced in place, between the runs before and after them."""
@@ -172,7 +174,7 @@ class Session:
         dist = self.distributor if self.state != SessionState.FAULTED else None
         bounds = [i for i, _ in runs] + [len(events)]
         if bounds[0] > 0 and dist is not None:
-            dist.publish(to_wire(events[:bounds[0]], sequences[:bounds[0]]))
+            dist.publish(wire_from_bodies(events[:bounds[0]], sequences[:bounds[0]]))
         for (start, missing_from), stop in zip(runs, bounds[1:], strict=True):
             first = sequences[start]
             log.warning("session %s: worker skipped sequences %d..%d (%s)", self.session_id,
@@ -180,7 +182,7 @@ class Session:
             self.holes.append((missing_from - 1, first))
             if dist is not None:
                 dist.publish_hole(missing_from - 1, first, reason)
-                dist.publish(to_wire(events[start:stop], sequences[start:stop]))
+                dist.publish(wire_from_bodies(events[start:stop], sequences[start:stop]))
             reason = gateway_pb2.WORKER_DISCONNECTED  # only the first jump can be an overrun
         self.last_sequence = sequences[-1]
 

@@ -48,8 +48,9 @@ __all__ = ["WORKER_MODULE", "WorkerConfig", "WorkerHandle", "nonce_digest"]
 log = logging.getLogger("sessiongate.workers")
 
 WORKER_MODULE = "sessiongate.core.workerproc"
-#: the pump's sink: (events, frame size in bytes, events were dropped right before)
-EventSink = Callable[[list[Any], int, bool], None]
+EVENTS_FIRST_BYTE = bytes([protocol.EVENTS_TAG])
+#: the pump's sink: (encoded events, frame size in bytes, events were dropped right before)
+EventSink = Callable[[list[bytes], int, bool], None]
 SUN_PATH_MAX = 107
 
 
@@ -85,8 +86,9 @@ class WorkerConfig:
 class WorkerHandle:
     """Owns one worker process and its connection; every task it starts, it cancels.
 
-    :param on_events: the pump's sink: called with each batch, in order, with the
-        frame's size in bytes and whether the worker dropped events right before it.
+    :param on_events: the pump's sink: called with each batch of encoded ``Event``
+        bodies, in order, with the frame's size in bytes and whether the worker dropped
+        events right before it.
     :param on_fault: called once with a reason when the worker is lost unexpectedly.
     """
 
@@ -293,16 +295,17 @@ class WorkerHandle:
         on_events = self._on_events
         try:
             while True:
-                frame, size = await protocol.read_sized_frame(reader, max_frame)
+                data = await protocol.read_frame_bytes(reader, max_frame)
                 self._last_seen = loop.time()
+                if data[:1] == EVENTS_FIRST_BYTE:  # the hot path: events pass through encoded
+                    bodies, overrun = protocol.parse_raw_events(data)
+                    if bodies:
+                        self._received += len(bodies)
+                        on_events(bodies, len(data), overrun)
+                    continue
+                frame = protocol.parse_frame(data)
                 kind = frame.WhichOneof("body")
-                if kind == "events":
-                    batch = frame.events
-                    if batch.events:
-                        events = list(batch.events)
-                        self._received += len(events)
-                        on_events(events, size, batch.overrun)
-                elif kind == "reply":
+                if kind == "reply":
                     future = self._pending.pop(frame.reply.request_id, None)
                     if future is not None and not future.done():
                         future.set_result(frame.reply)

@@ -150,3 +150,17 @@ class History(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[_gateway_pb2.Event]
     first_unsent: int
     def __init__(self, events: _Optional[_Iterable[_Union[_gateway_pb2.Event, _Mapping]]] = ..., first_unsent: _Optional[int] = ...) -> None: ...
+
+class RawEventFrame(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: RawEventBatch
+    def __init__(self, events: _Optional[_Union[RawEventBatch, _Mapping]] = ...) -> None: ...
+
+class RawEventBatch(_message.Message):
+    __slots__ = ("events", "overrun")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    OVERRUN_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedScalarFieldContainer[bytes]
+    overrun: bool
+    def __init__(self, events: _Optional[_Iterable[bytes]] = ..., overrun: _Optional[bool] = ...) -> None: ...

@@ -361,3 +361,26 @@ async def test_resume_reads_a_worker_hole_in_place_and_a_cursor_inside_it_gets_i
     assert await read(sub) == (Gap(3, 8, WORKER_DISCONNECTED), [8, 9])
     inside = dist.subscribe(Subscription(external=False), after_sequence=5)
     assert await read(inside) == (Gap(5, 8, WORKER_DISCONNECTED), [8, 9])
+
+
+@pytest.mark.parametrize("sequence", [1, 127, 128, 300, 2**32, 2**63, 2**64 - 1])
+def test_a_passed_through_event_keeps_its_sequence_and_bytes(sequence):
+    """The gateway reads an encoded event's sequence without decoding it, and hands
+    subscribers the worker's bytes unchanged."""
+    from sessiongate.core.events import wire_from_bodies
+    from sessiongate.core.protocol import sequence_of
+
+    event = Event(sequence=sequence, kind="k", payload=b"p" * 5000)
+    body = event.SerializeToString()
+    assert sequence_of(body) == sequence
+    [wire] = wire_from_bodies([body], [sequence])
+    response = gateway_pb2.StreamEventsResponse.FromString(wire.data)
+    assert list(response.events) == [event] and wire.event == event
+
+
+@pytest.mark.parametrize("body", [b"", b"\x10\x01", b"\x08", b"\x08\xff\xff"])
+def test_an_event_without_a_readable_sequence_reads_as_zero(body):
+    """Zero is below every valid sequence: the session faults it as a protocol error."""
+    from sessiongate.core.protocol import sequence_of
+
+    assert sequence_of(body) == 0

@@ -94,6 +94,7 @@ async def test_internal_subscriber_receives_events_with_no_client_streaming(make
     from sessiongate.core import hookimpl
 
     received: list[int] = []
+    decoded: list[tuple[int, str, bytes]] = []
     done = asyncio.Event()
 
     class Mirror:
@@ -102,6 +103,8 @@ async def test_internal_subscriber_receives_events_with_no_client_streaming(make
             async def dashboard_mirror(session, subscription):
                 while (item := await subscription.next(100)) is not None:
                     received.extend(e.sequence for e in item[1])
+                    decoded.extend((e.event.sequence, e.event.kind, e.event.payload)
+                                   for e in item[1])  # the worker's bytes, decoded here
                     if len(received) >= 50:
                         done.set()
             return [dashboard_mirror]
@@ -112,6 +115,7 @@ async def test_internal_subscriber_receives_events_with_no_client_streaming(make
     await client.invoke_json(sid, "burst", {"count": 50, "size": 10})
     await asyncio.wait_for(done.wait(), 10)
     assert received == list(range(1, 51))
+    assert decoded == [(i, "burst", b"x" * 10) for i in range(1, 51)]
     session = gw.gateway.sessions.live[sid]
     assert session.distributor.external_count == 0  # internal ones never count
     await client.close(sid)
