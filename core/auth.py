@@ -22,9 +22,14 @@ from typing import Any
 from sessiongate.core.errors import InvalidArgument, NotFound, Unauthenticated
 from sessiongate.core.storage import SqliteStore
 
-__all__ = ["ADMIN_SCOPE", "KEY_PREFIX", "Identity", "KeyStore", "parse_bearer"]
+__all__ = ["ADMIN_SCOPE", "KEY_PREFIX", "KNOWN_SCOPES", "Identity", "KeyStore",
+           "parse_bearer", "unknown_scope_message"]
 
 ADMIN_SCOPE = "sessions:admin"
+#: Every scope a key can usefully hold, the one list ``keys create --scope`` accepts:
+#: core's and the built-in plugins'. ``sessions:admin`` is core's (``Identity.is_admin``)
+#: and the only one the acl plugin checks or grants; the acl plugin defines no other.
+KNOWN_SCOPES: frozenset[str] = frozenset({ADMIN_SCOPE})
 KEY_PREFIX = "sg"
 #: a session tag, and the read-only tags a key may hold
 TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -67,6 +72,14 @@ def parse_bearer(metadata: Any) -> str:
                 return credential.strip()
             raise Unauthenticated("the authorization header must be 'Bearer <api-key>'")
     raise Unauthenticated("no API key: send the header 'authorization: Bearer <api-key>'")
+
+
+def unknown_scope_message(scope: str) -> str | None:
+    """Why ``scope`` cannot be given to a key, or ``None`` if it is a known scope."""
+    if scope in KNOWN_SCOPES:
+        return None
+    return (f"unknown scope {scope!r}: the known scopes are {', '.join(sorted(KNOWN_SCOPES))} "
+            "(for tag-limited access use --tag)")
 
 
 def _digest(secret: str) -> bytes:

@@ -1,8 +1,11 @@
 """The ``sessiongate`` command line (CONTRACT §5).
 
 Exit codes: 0 success, 1 a failed operation (its message on stderr), 2 invalid
-settings or usage. Output meant for scripts (a new key, a token, events) goes to
-stdout alone; everything for people goes to stderr.
+settings or usage (one line naming the cause and the fix), 3 ``stream`` only: the
+gateway shut down (``--follow-restarts`` waits for it instead). Output meant for scripts
+(a new key, a token, events, a session's state) goes to stdout alone; everything for
+people goes to stderr. Output into a pipe whose reader has gone (``| head``) ends the
+command quietly, status 0.
 """
 
 from __future__ import annotations
@@ -26,6 +29,44 @@ __all__ = ["build_parser", "main"]
 
 KEY_ENV = "SESSIONGATE_CLIENT_KEY"
 SERVER_ENV = "SESSIONGATE_CLIENT_SERVER"
+#: ``sessiongate stream``: the gateway shut down and ended the stream
+EXIT_GATEWAY_SHUTDOWN = 3
+UINT32_MAX = 2**32 - 1
+UINT64_MAX = 2**64 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the problem and where help is, exit status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _whole_number(unit: str, zero: str, limit: int) -> Any:
+    """An argparse type: a whole number from 0 to ``limit``; ``zero`` says what 0 means."""
+    fix = f"give {unit}, 0 or more ({zero})"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number: {fix}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{value} is negative: {fix}")
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"{value} is too large: {fix}, at most {limit}")
+        return value
+
+    return parse
+
+
+def _scope(text: str) -> str:
+    from sessiongate.core.auth import unknown_scope_message
+
+    problem = unknown_scope_message(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -41,7 +82,7 @@ def _add_client(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sessiongate", description="Session gateway.")
+    parser = _Parser(prog="sessiongate", description="Session gateway.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the gateway until SIGINT/SIGTERM")
@@ -56,13 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
         dest="keys_command", required=True, metavar="ACTION")
+    init_help = ("create a new key store if state_dir has none (a gateway first started "
+                 "on it then creates no bootstrap admin key)")
     p = keys.add_parser("create", help="create a key; prints the secret once")
     _add_config(p)
     p.add_argument("--name", required=True)
-    p.add_argument("--scope", action="append", default=[], help="e.g. sessions:admin")
+    p.add_argument("--scope", action="append", default=[], type=_scope,
+                   help="sessions:admin (every session, every action)")
     p.add_argument("--tag", action="append", default=[], help="read-only session tag")
+    p.add_argument("--init", action="store_true", help=init_help)
     p = keys.add_parser("list", help="list keys (never secrets)")
     _add_config(p)
+    p.add_argument("--init", action="store_true", help=init_help)
     p = keys.add_parser("revoke", help="revoke a key by id")
     _add_config(p)
     p.add_argument("key_id")
@@ -76,23 +122,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-name", default="cli")
     p.add_argument("--backend", default="")
     p.add_argument("--tag", default="")
-    p.add_argument("--lease-seconds", type=int, default=0)
+    p.add_argument("--lease-seconds", default=0, type=_whole_number(
+        "seconds", "0: the gateway's sessions.default_lease_seconds", UINT32_MAX))
 
     p = sub.add_parser("invoke", help="send a command; prints the reply payload")
     _add_client(p)
     p.add_argument("session_id")
     p.add_argument("cmd", metavar="COMMAND")
     p.add_argument("payload", nargs="?", default="", help="JSON text")
-    p.add_argument("--timeout-ms", type=int, default=0)
+    p.add_argument("--timeout-ms", default=0, type=_whole_number(
+        "milliseconds", "0: the gateway's sessions.command_timeout_seconds", UINT32_MAX))
 
-    p = sub.add_parser("stream", help="print a session's events as JSON lines")
+    p = sub.add_parser(
+        "stream", help="print a session's events as JSON lines",
+        description="Print a session's events as JSON lines on stdout until the session "
+        "ends; resume by itself when the stream breaks.",
+        epilog="Exits 0 when the session closes (or after --max-events), 1 when the stream "
+        "fails, 2 on bad usage, and with exit status 3 when the gateway shuts down "
+        "(unless --follow-restarts).")
     _add_client(p)
     p.add_argument("session_id")
-    p.add_argument("--after", type=int, default=None, help="resume after this sequence")
+    p.add_argument("--after", default=None, help="resume after this sequence", type=(
+        _whole_number("a sequence number", "0: every event the gateway still holds",
+                      UINT64_MAX)))
     p.add_argument("--subscriber-id", default="")
-    p.add_argument("--max-events", type=int, default=0, help="stop after this many events")
+    p.add_argument("--max-events", default=0, help="stop after this many events", type=(
+        _whole_number("a number of events", "0: no limit", UINT64_MAX)))
     p.add_argument("--no-reconnect", action="store_true",
                    help="do not resume by itself when the stream breaks")
+    p.add_argument("--follow-restarts", action="store_true",
+                   help="when the gateway shuts down, keep reconnecting until it is back "
+                   "(with the reattach plugin a restart keeps the session) instead of "
+                   "exiting with status 3")
 
     p = sub.add_parser("close", help="close a session")
     _add_client(p)
@@ -131,6 +192,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # our reader has gone (`| head`): nothing more to say
+        _silence_closed_pipes()
+        return 0
+
+
+def _silence_closed_pipes() -> None:
+    """Point a closed stdout/stderr at /dev/null, so the exit's flush does not complain."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
 
 
 # -- server-side commands ------------------------------------------------------------------
@@ -138,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from sessiongate.core import logs
+    from sessiongate.core.errors import StartupError
     from sessiongate.core.gateway import Gateway
     from sessiongate.core.server import serve
 
@@ -151,6 +227,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(serve(gateway, ready=ready))
+    except StartupError as exc:  # another gateway on the state dir or the address
+        _err(exc.message)
+        return 2
     except OSError as exc:
         _err(str(exc))
         return 1
@@ -201,8 +280,20 @@ async def _keys(args: argparse.Namespace) -> int:
 
     settings, _pm = _load(args)
     state_dir = pathlib.Path(str(settings.state_dir))
-    state_dir.mkdir(parents=True, exist_ok=True)
-    async with KeyStore(state_dir / "keys.sqlite3") as store:
+    path = state_dir / "keys.sqlite3"
+    if not path.exists():
+        if not getattr(args, "init", False):
+            where = f"state_dir {str(settings.state_dir)!r}" + (
+                "" if state_dir.is_absolute() else f" in {os.getcwd()}")
+            fix = ("run it in the folder the gateway runs in, or pass --config with the "
+                   "gateway's settings")
+            if args.keys_command != "revoke":
+                fix += ", or add --init to create a new key store there"
+            _err(f"no key store at {path.absolute()} ({where}): {fix}")
+            return 2
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        print(f"created a new key store at {path.absolute()}", file=sys.stderr)
+    async with KeyStore(path) as store:
         try:
             if args.keys_command == "create":
                 key_id, key = await store.create(args.name, scopes=args.scope, tags=args.tag)
@@ -216,25 +307,34 @@ async def _keys(args: argparse.Namespace) -> int:
                 print(f"revoked {args.key_id}", file=sys.stderr)
         except GatewayError as exc:
             _err(exc.message)
-            return 1
+            return 2 if exc.code == "INVALID_ARGUMENT" else 1
     return 0
 
 
 # -- client commands -----------------------------------------------------------------------
 
 
-def _client_target(args: argparse.Namespace) -> tuple[str, str]:
+def _client_target(args: argparse.Namespace) -> tuple[str, str, str]:
+    """The server, the key, and what to tell a user whose key the gateway refuses."""
     from sessiongate.core.gateway import BOOTSTRAP_KEY_FILE
     from sessiongate.core.settings import load_settings
 
     settings = load_settings(args.config)
     server = args.server or os.environ.get(SERVER_ENV) or str(settings.server.grpc_address)
-    key = args.key or os.environ.get(KEY_ENV, "")
-    if not key:
-        bootstrap = pathlib.Path(str(settings.state_dir)) / BOOTSTRAP_KEY_FILE
-        if bootstrap.is_file():
-            key = bootstrap.read_text().strip()
-    return server, key
+    bootstrap = (pathlib.Path(str(settings.state_dir)) / BOOTSTRAP_KEY_FILE).absolute()
+    another = f"pass another with --key KEY or {KEY_ENV}"
+    if args.key:
+        return server, args.key, f"the key from --key was refused; {another}"
+    if os.environ.get(KEY_ENV):
+        return server, os.environ[KEY_ENV], f"the key from {KEY_ENV} was refused; {another}"
+    if bootstrap.is_file():
+        return server, bootstrap.read_text().strip(), (
+            f"the key read from {bootstrap} was refused (another gateway's?); {another}")
+    relative = pathlib.PurePath(str(settings.state_dir), BOOTSTRAP_KEY_FILE)
+    return server, "", (
+        f"no API key: none given with --key or {KEY_ENV}, and no {bootstrap}; pass "
+        f"--key KEY, set {KEY_ENV}=KEY, or run in the folder the gateway was started in "
+        f"(its {relative} is read by default)")
 
 
 #: the first byte of a JSON text (after optional whitespace): anything else is binary
@@ -284,7 +384,7 @@ async def _client(args: argparse.Namespace) -> int:
     from sessiongate.core import client as api
     from sessiongate.v1 import gateway_pb2
 
-    server, key = _client_target(args)
+    server, key, refused = _client_target(args)
     async with api.connect(server, key) as gw:
         try:
             if args.command == "open":
@@ -297,7 +397,7 @@ async def _client(args: argparse.Namespace) -> int:
                 sys.stdout.write(payload.decode(errors="replace") + "\n")
             elif args.command == "close":
                 info = await gw.close(args.session_id)
-                print(gateway_pb2.SessionState.Name(info.state), file=sys.stderr)
+                print(gateway_pb2.SessionState.Name(info.state))
             elif args.command == "get":
                 print(api.info_json(await gw.get(args.session_id)))
             elif args.command == "login":
@@ -308,7 +408,12 @@ async def _client(args: argparse.Namespace) -> int:
             elif args.command == "stream":
                 return await _stream(gw, args)
         except grpc.aio.AioRpcError as exc:
-            _err(f"{exc.code().name}: {exc.details()}")
+            message = f"{exc.code().name}: {exc.details()}"
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and args.command != "login":
+                # where the key came from, or where we looked for one, and how to pass one
+                message = (f"UNAUTHENTICATED: {refused}" if not key
+                           else f"{message} ({refused})")
+            _err(message)
             return 1
     return 0
 
@@ -318,28 +423,146 @@ async def _stream(gw: Any, args: argparse.Namespace) -> int:
     from sessiongate.core import client as api
 
     printed = 0
+    last = args.after  # the newest sequence on stdout (or where we started)
     out = sys.stdout
-    async for batch in gw.follow_batches(args.session_id, after_sequence=args.after,
-                                         subscriber_id=args.subscriber_id,
-                                         reconnect=not args.no_reconnect):
-        lines = []
-        for item in batch:
-            if isinstance(item, api.GapNotice):
-                _flush_lines(out, lines)
-                print(f"gap: events {item.requested_after + 1}..{item.oldest_available - 1} "
-                      f"are lost ({item.reason}); re-read the state you depend on",
-                      file=sys.stderr, flush=True)
-            elif isinstance(item, api.Reconnecting):
-                print(f"stream broken ({item.error}); reconnecting in {item.delay:.1f} s, "
-                      f"resuming after {item.after_sequence}", file=sys.stderr, flush=True)
-            else:
-                lines.append(event_json(item))
-                printed += 1
-                if args.max_events and printed >= args.max_events:
+    status = _ReconnectStatus(sys.stderr)
+    loop = asyncio.get_running_loop()
+    reader_gone = asyncio.Event()
+    watching = _watch_reader(out, reader_gone)
+    try:
+        async for batch in gw.follow_batches(args.session_id, after_sequence=args.after,
+                                             subscriber_id=args.subscriber_id,
+                                             reconnect=not args.no_reconnect,
+                                             follow_restarts=args.follow_restarts):
+            if len(batch) == 1 and isinstance(batch[0], api.Reconnecting):
+                status.reconnecting(batch[0])
+                continue
+            status.resumed()
+            lines = []
+            for item in batch:
+                if isinstance(item, api.GapNotice):
                     _flush_lines(out, lines)
-                    return 0
-        _flush_lines(out, lines)
+                    print(f"gap: events {item.requested_after + 1}.."
+                          f"{item.oldest_available - 1} are lost ({item.reason}); re-read "
+                          "the state you depend on", file=sys.stderr, flush=True)
+                else:
+                    lines.append(event_json(item))
+                    last = item.sequence
+                    printed += 1
+                    if args.max_events and printed >= args.max_events:
+                        _flush_lines(out, lines)
+                        return 0
+            _flush_lines(out, lines)
+    except api.GatewayShutdown as exc:
+        status.end()
+        after = last if last is not None else exc.after_sequence
+        resume = f"sessiongate stream {args.session_id}" + (
+            f" --after {after}" if after is not None else "")
+        _err(f"the gateway shut down, ending the stream"
+             f"{f' after sequence {after}' if after is not None else ''}; when it is back "
+             f"(a restart keeps the session with the reattach plugin) go on with "
+             f"'{resume}', or wait for it with --follow-restarts")
+        return EXIT_GATEWAY_SHUTDOWN
+    except asyncio.CancelledError:
+        if reader_gone.is_set():
+            raise BrokenPipeError("stdout: the reader has gone") from None
+        raise
+    finally:
+        status.end()
+        if watching:
+            loop.remove_reader(out.fileno())
     return 0
+
+
+def _watch_reader(out: Any, gone: asyncio.Event) -> bool:
+    """When stdout is a pipe, cancel this task as soon as its reader goes (``| head``
+    has read enough), even while no event comes to write. A pipe's write end reports an
+    error to poll then, which asyncio hands to a reader callback. False if not a pipe."""
+    import stat
+
+    try:
+        fd = out.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+    except (OSError, ValueError, AttributeError):
+        return False
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def closed() -> None:
+        loop.remove_reader(fd)
+        gone.set()
+        if task is not None:
+            task.cancel()
+
+    loop.add_reader(fd, closed)
+    return True
+
+
+class _ReconnectStatus:
+    """Reconnect progress on stderr: on a terminal one line, rewritten in place at each
+    try; elsewhere one line when the stream breaks and one when it is back."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.tries = 0
+        self.since = 0.0
+        self.cause = ""
+        self.pending = False  # a status line without its newline is on the terminal
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+    def _show(self, text: str) -> None:
+        try:
+            width = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError):
+            width = 0  # unknown
+        if width > 1:
+            text = text[:width - 1]  # a wrapped line could not be rewritten in place
+        self._write("\r\x1b[K" + text)
+        self.pending = True
+
+    def reconnecting(self, item: Any) -> None:
+        import grpc
+
+        from sessiongate.core.client import is_gateway_shutdown
+
+        self.tries += 1
+        if self.tries == 1:
+            self.since = time.monotonic()
+            code, _, details = item.error.partition(": ")
+            self.cause = ("the gateway shut down" if is_gateway_shutdown(
+                getattr(grpc.StatusCode, code, None), details)
+                else f"stream broken ({item.error})")
+        if self.tty:
+            self._show(f"sessiongate: {self.cause}; reconnecting (try {self.tries}, "
+                       f"{time.monotonic() - self.since:.0f} s), will resume after "
+                       f"{item.after_sequence}")
+        elif self.tries == 1:
+            self._write(f"sessiongate: {self.cause}; reconnecting, will resume after "
+                        f"{item.after_sequence}\n")
+
+    def resumed(self) -> None:
+        if not self.tries:
+            return
+        text = (f"sessiongate: reconnected after {self.tries} "
+                f"{'try' if self.tries == 1 else 'tries'} "
+                f"({time.monotonic() - self.since:.1f} s)")
+        self.tries = 0
+        if self.tty:
+            self._show(text)
+            self.end()
+        else:
+            self._write(text + "\n")
+
+    def end(self) -> None:
+        """End a status line left on the terminal (before other output, or at exit)."""
+        if self.pending:
+            self.pending = False
+            self._write("\n")
 
 
 def _flush_lines(out: Any, lines: list[str]) -> None:

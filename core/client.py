@@ -4,7 +4,10 @@
 the stream breaks (network cut, gateway restart, overflow), resumes after the
 last sequence it yielded, with bounded exponential backoff and jitter. A replay
 gap is yielded as a :class:`GapNotice` so the application knows to re-read the
-state it depends on; it never sees a silent hole or a duplicate.
+state it depends on; it never sees a silent hole or a duplicate. A stream the
+gateway ended because it shut down raises :class:`GatewayShutdown` when
+``follow_restarts=False`` (the CLI's default); with ``True`` it is resumed like any
+other break, which carries it across a restart with the reattach plugin.
 
     async with connect("127.0.0.1:50551", key) as gw:
         sid = (await gw.open(client_name="app")).session_id
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import re
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
@@ -24,7 +28,8 @@ import grpc
 
 from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
 
-__all__ = ["GapNotice", "GatewayClient", "Reconnecting", "connect", "info_json"]
+__all__ = ["GapNotice", "GatewayClient", "GatewayShutdown", "Reconnecting", "connect",
+           "info_dict", "info_json", "is_gateway_shutdown"]
 
 #: Codes after which resuming can succeed (the gateway or the connection went away,
 #: or this subscriber overflowed and may resume from where it was).
@@ -32,6 +37,24 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXH
                        grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                        grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED})
 ENDED_STATES = (gateway_pb2.CLOSED, gateway_pb2.FAULTED)
+#: How a gateway that shuts down ends streams ("session X: gateway shutting down") and
+#: refuses calls ("the gateway is shutting down"), both UNAVAILABLE.
+SHUTDOWN_DETAILS = re.compile(r"\bgateway (is )?shutting down\b")
+
+
+def is_gateway_shutdown(code: grpc.StatusCode, details: str | None) -> bool:
+    """Did the gateway end this call because it is shutting down (not a network cut)?"""
+    return code == grpc.StatusCode.UNAVAILABLE and bool(SHUTDOWN_DETAILS.search(details or ""))
+
+
+class GatewayShutdown(grpc.aio.AioRpcError):
+    """A stream ended because its gateway shut down (an ``AioRpcError``, UNAVAILABLE)."""
+
+    def __init__(self, error: grpc.aio.AioRpcError, after_sequence: int | None) -> None:
+        super().__init__(error.code(), error.initial_metadata(), error.trailing_metadata(),
+                         error.details(), error.debug_error_string())
+        #: the last sequence yielded (resume after it), or the cursor the stream started at
+        self.after_sequence = after_sequence
 
 
 class GapNotice(NamedTuple):
@@ -50,10 +73,33 @@ class Reconnecting(NamedTuple):
     after_sequence: int
 
 
-def info_json(info: Any) -> str:
-    from google.protobuf.json_format import MessageToDict
+def info_dict(info: Any) -> dict[str, Any]:
+    """A message's every field, zero values included: numbers as numbers, enums by name,
+    timestamps as RFC 3339 text (``None`` when unset). Unlike protobuf's JSON mapping,
+    a 64-bit number is a JSON number, not a string."""
+    row: dict[str, Any] = {}
+    for field in info.DESCRIPTOR.fields:
+        value = getattr(info, field.name)
+        if field.is_repeated:
+            value = [info_dict(v) if field.message_type is not None else v for v in value]
+        elif field.enum_type is not None:
+            enum = field.enum_type.values_by_number
+            value = enum[value].name if value in enum else value
+        elif field.message_type is not None:
+            if not info.HasField(field.name):
+                value = None
+            elif field.message_type.full_name == "google.protobuf.Timestamp":
+                value = value.ToJsonString()
+            else:
+                value = info_dict(value)
+        elif isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        row[field.name] = value
+    return row
 
-    return json.dumps(MessageToDict(info, preserving_proto_field_name=True))
+
+def info_json(info: Any) -> str:
+    return json.dumps(info_dict(info))
 
 
 class GatewayClient:
@@ -114,25 +160,34 @@ class GatewayClient:
 
     async def follow(self, session_id: str, *, after_sequence: int | None = None,
                      subscriber_id: str = "", reconnect: bool = True,
-                     initial_delay: float = 0.1, max_delay: float = 5.0,
-                     give_up_after: float = 300.0) -> AsyncIterator[Any]:
+                     follow_restarts: bool = True, initial_delay: float = 0.1,
+                     max_delay: float = 5.0, give_up_after: float = 300.0
+                     ) -> AsyncIterator[Any]:
         """Events (``Event``), gaps (``GapNotice``) and, when resuming, ``Reconnecting``.
 
         Ends when the session closes; raises ``grpc.aio.AioRpcError`` for a
-        non-retryable status or when the gateway stays away ``give_up_after`` s.
+        non-retryable status or when the gateway stays away ``give_up_after`` s, and
+        :class:`GatewayShutdown` when the gateway shut down and ``follow_restarts`` is
+        false (or ``reconnect`` is).
         """
         async for batch in self.follow_batches(
                 session_id, after_sequence=after_sequence, subscriber_id=subscriber_id,
-                reconnect=reconnect, initial_delay=initial_delay, max_delay=max_delay,
+                reconnect=reconnect, follow_restarts=follow_restarts,
+                initial_delay=initial_delay, max_delay=max_delay,
                 give_up_after=give_up_after):
             for item in batch:
                 yield item
 
     async def follow_batches(self, session_id: str, *, after_sequence: int | None = None,
                              subscriber_id: str = "", reconnect: bool = True,
-                             initial_delay: float = 0.1, max_delay: float = 5.0,
-                             give_up_after: float = 300.0) -> AsyncIterator[list[Any]]:
-        """:meth:`follow`, one list per response: for consumers that write in batches."""
+                             follow_restarts: bool = True, initial_delay: float = 0.1,
+                             max_delay: float = 5.0, give_up_after: float = 300.0
+                             ) -> AsyncIterator[list[Any]]:
+        """:meth:`follow`, one list per response: for consumers that write in batches.
+
+        After a ``Reconnecting``, the first response of the resumed stream is yielded
+        even when it carries nothing (an empty list): the stream is back.
+        """
         cursor = after_sequence
         if cursor is None and reconnect:
             # Our position before attaching: a resume replays from here, never skips.
@@ -142,6 +197,7 @@ class GatewayClient:
             resume_first = after_sequence is not None
         delay = initial_delay
         broken_for = 0.0
+        resuming = False
         while True:
             call = self.stream(session_id, subscriber_id=subscriber_id,
                                after_sequence=cursor if resume_first else None)
@@ -161,10 +217,14 @@ class GatewayClient:
                     if events:
                         cursor = events[-1].sequence
                         batch.extend(events)
-                    if batch:
+                    if batch or resuming:
+                        resuming = False
                         yield batch
                 return  # the session closed: the stream ended OK
             except grpc.aio.AioRpcError as exc:
+                if is_gateway_shutdown(exc.code(), exc.details()) and not (
+                        reconnect and follow_restarts):
+                    raise GatewayShutdown(exc, cursor) from None
                 if not reconnect or exc.code() not in RETRYABLE:
                     raise
                 if broken_for >= give_up_after:
@@ -174,6 +234,7 @@ class GatewayClient:
                 resume_first = True
                 cursor = cursor or 0
                 pause = delay * random.uniform(0.5, 1.0)
+                resuming = True
                 yield [Reconnecting(f"{exc.code().name}: {exc.details()}", pause, cursor)]
                 await _sleep(pause)
                 broken_for += pause

@@ -3,11 +3,14 @@
 WAL (readers never block the writer; a crashed process loses nothing committed),
 ``synchronous=NORMAL``, autocommit (``isolation_level=None``: a write is one
 statement or an explicit ``BEGIN IMMEDIATE``), a 5 s busy timeout for another
-process sharing the file (the CLI's ``keys`` commands), mode 0600.
+process sharing the file (the CLI's ``keys`` commands), mode 0600: the database is
+created 0600 before SQLite opens it, because SQLite gives its ``-wal`` and ``-shm`` side
+files the database's mode when it creates them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 from typing import Self
@@ -27,13 +30,17 @@ class SqliteStore:
         self._db: aiosqlite.Connection | None = None
 
     async def open(self) -> Self:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        os.chmod(self.path, 0o600)  # a store from before side files were private
+        for side in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):  # absent (no writer yet), or not ours
+                os.chmod(f"{self.path}{side}", 0o600)
         self._db = await aiosqlite.connect(self.path, timeout=5, isolation_level=None)
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
         if self.SCHEMA:
             await self._db.executescript(self.SCHEMA)
-        os.chmod(self.path, 0o600)
         return self
 
     async def close(self) -> None:

@@ -3,6 +3,16 @@
 See :mod:`sessiongate.core.client`; ``follow()`` resumes broken streams by itself.
 """
 
-from sessiongate.core.client import GapNotice, GatewayClient, Reconnecting, connect, info_json
+from sessiongate.core.client import (
+    GapNotice,
+    GatewayClient,
+    GatewayShutdown,
+    Reconnecting,
+    connect,
+    info_dict,
+    info_json,
+    is_gateway_shutdown,
+)
 
-__all__ = ["GapNotice", "GatewayClient", "Reconnecting", "connect", "info_json"]
+__all__ = ["GapNotice", "GatewayClient", "GatewayShutdown", "Reconnecting", "connect",
+           "info_dict", "info_json", "is_gateway_shutdown"]

@@ -56,7 +56,7 @@ def test_python_m_sessiongate_help(tmp_path):
 def test_keys_create_list_revoke(tmp_path, config):
     state = tmp_path / "state"
     created = _run("keys", "create", "--name", "ci", "--scope", "sessions:admin",
-                   "--tag", "line-1", cwd=tmp_path, config=config)
+                   "--tag", "line-1", "--init", cwd=tmp_path, config=config)
     key = created.stdout.strip()
     assert created.stdout == key + "\n"  # the secret alone on stdout
     prefix, key_id, secret = key.split("_", 2)
@@ -86,13 +86,14 @@ def test_keys_create_list_revoke(tmp_path, config):
     missing = _run("keys", "revoke", "000000000000", cwd=tmp_path, config=config, check_code=1)
     assert "000000000000" in missing.stderr
     bad = _run("keys", "create", "--name", "x", "--tag", "Bad Tag", cwd=tmp_path, config=config,
-               check_code=1)
+               check_code=2)  # bad input
     assert "Bad Tag" in bad.stderr and bad.stdout == ""
 
 
 def test_key_created_by_the_cli_works_and_revocation_applies_at_once(
         tmp_path, config, gateway_process):
-    key = _run("keys", "create", "--name", "app", cwd=tmp_path, config=config).stdout.strip()
+    key = _run("keys", "create", "--name", "app", "--init", cwd=tmp_path,
+               config=config).stdout.strip()
     key_id = key.split("_", 2)[1]
     gateway = gateway_process()
     assert gateway.stdout == ""  # the store was not empty: no bootstrap key
@@ -193,7 +194,7 @@ def test_cli_client_commands(tmp_path, gateway_process):
     failed = _run("invoke", *client, sid, "nope", cwd=tmp_path, check_code=1)
     assert "INVALID_ARGUMENT" in failed.stderr and "nope" in failed.stderr
     closed = _run("close", *client, sid, cwd=tmp_path)
-    assert "CLOSED" in closed.stderr
+    assert closed.stdout == "CLOSED\n"
     after = _run("invoke", *client, sid, "echo", "{}", cwd=tmp_path, check_code=1)
     assert "FAILED_PRECONDITION" in after.stderr
     denied = _run("open", "--server", gateway.address, "--key", "sg_x_y", cwd=tmp_path,
