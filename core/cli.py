@@ -178,15 +178,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "check-config":
-            return _check_config(args)
-        if args.command == "plugins":
-            return _plugins(args)
-        if args.command == "keys":
-            return asyncio.run(_keys(args))
-        return asyncio.run(_client(args))
+        status = _run(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
+        return status
     except SettingsError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -195,6 +189,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # our reader has gone (`| head`): nothing more to say
         _silence_closed_pipes()
         return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check-config":
+        return _check_config(args)
+    if args.command == "plugins":
+        return _plugins(args)
+    if args.command == "keys":
+        return asyncio.run(_keys(args))
+    return asyncio.run(_client(args))
 
 
 def _silence_closed_pipes() -> None:
