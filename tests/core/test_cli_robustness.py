@@ -453,7 +453,7 @@ def test_readme_names_what_ci_installs_and_how_long_the_tests_take():
     for package in packages:
         assert package in HEAD, package
     assert "Redis Streams" in HEAD  # why redis-server: the fan-out benchmark's peer
-    assert re.search(r"\b558 s\b", HEAD)
+    assert re.search(r"took \d+ s\b", HEAD), "how long the test command takes, measured"
 
 
 def test_readme_says_acl_is_on_in_the_walkthrough():
