@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from sessiongate.core.errors import SHUTDOWN_MESSAGE
 from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
 
 __all__ = ["GapNotice", "GatewayClient", "GatewayShutdown", "Reconnecting", "connect",
@@ -37,9 +38,8 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXH
                        grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                        grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED})
 ENDED_STATES = (gateway_pb2.CLOSED, gateway_pb2.FAULTED)
-#: How a gateway that shuts down ends streams ("session X: gateway shutting down") and
-#: refuses calls ("the gateway is shutting down"), both UNAVAILABLE.
-SHUTDOWN_DETAILS = re.compile(r"\bgateway (is )?shutting down\b")
+#: How a gateway that shuts down ends streams and refuses calls (UNAVAILABLE).
+SHUTDOWN_DETAILS = re.compile(re.escape(SHUTDOWN_MESSAGE))
 
 
 def is_gateway_shutdown(code: grpc.StatusCode, details: str | None) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "OVERFLOW_MESSAGE",
+    "SHUTDOWN_MESSAGE",
     "Aborted",
     "AlreadyExists",
     "DeadlineExceeded",
@@ -27,6 +28,9 @@ __all__ = [
 
 #: Every overflow disconnect carries this text (clients and tests match on it).
 OVERFLOW_MESSAGE = "event queue overflow"
+#: Every stream a gateway ends, and every call it refuses, because it is shutting down
+#: carries this text (UNAVAILABLE); the client tells a shutdown from a network cut by it.
+SHUTDOWN_MESSAGE = "gateway shutting down"
 
 
 class StartupError(Exception):

@@ -25,6 +25,7 @@ import pluggy
 from sessiongate.core import terminator
 from sessiongate.core.auth import ADMIN_SCOPE, TAG_PATTERN, Identity, KeyStore, parse_bearer
 from sessiongate.core.errors import (
+    SHUTDOWN_MESSAGE,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -194,7 +195,7 @@ class SessionManager:
     async def open(self, identity: Identity, *, client_name: str, backend: str, tag: str,
                    lease_seconds: float) -> Session:
         if not self.accepting:
-            raise Unavailable("the gateway is shutting down")
+            raise Unavailable(f"{SHUTDOWN_MESSAGE}: no new sessions")
         if len(client_name) > MAX_CLIENT_NAME:
             raise InvalidArgument(f"client_name is longer than {MAX_CLIENT_NAME} characters")
         backend = backend or str(self.settings.workers.backend)
@@ -417,7 +418,7 @@ class SessionManager:
         while ended and (len(ended) > TOMBSTONES or next(iter(ended.values())).ended_at < cutoff):
             ended.popitem(last=False)
 
-    async def shutdown(self, reason: str = "gateway shutting down") -> None:
+    async def shutdown(self, reason: str = SHUTDOWN_MESSAGE) -> None:
         """Refuse new sessions, end every stream UNAVAILABLE, stop every worker."""
         self.accepting = False
         if self._sweeper is not None:

@@ -81,6 +81,7 @@ async def test_kill_9_restart_readopts_sessions_without_losing_events(tmp_path,
     rows = manifest_rows(tmp_path)
     assert {r[0] for r in rows} == {a, b}
     assert all(len(r[2]) == 32 for r in rows)  # a digest, never the nonce
+    digests_before = {r[0]: r[2] for r in rows}
     pid_a = worker_pid(tmp_path, a)
     first.proc.kill()  # kill -9: no goodbye to anyone
     first.wait()
@@ -92,6 +93,9 @@ async def test_kill_9_restart_readopts_sessions_without_losing_events(tmp_path,
         assert again.state == gateway_pb2.READY and again.owner_key_id == info_a.owner_key_id
         assert again.client_name == "a" and again.last_sequence == 1500
         assert (await gw.get(b)).state == gateway_pb2.READY
+        # each adoption spent its nonce: the manifest holds the next one's digest
+        digests_after = {r[0]: r[2] for r in manifest_rows(tmp_path)}
+        assert all(digests_after[sid] != digests_before[sid] for sid in (a, b))
         assert await gw.invoke_json(b, "read", {"tag": "x"}) == {"tag": "x", "value": 1}
         # a resume inside the worker's buffer: every event, no gap, then live
         call = gw.stream(a, after_sequence=1200)
