@@ -31,7 +31,6 @@ __all__ = [
     "read_frame",
     "read_frame_bytes",
     "read_nonce",
-    "read_sized_frame",
     "sequence_of",
 ]
 
@@ -88,14 +87,7 @@ def encode(frame: worker_pb2.WorkerFrame) -> bytes:
 
 async def read_frame(reader: asyncio.StreamReader, max_bytes: int) -> worker_pb2.WorkerFrame:
     """Read one frame; ``asyncio.IncompleteReadError`` at a clean EOF."""
-    return (await read_sized_frame(reader, max_bytes))[0]
-
-
-async def read_sized_frame(reader: asyncio.StreamReader,
-                           max_bytes: int) -> tuple[worker_pb2.WorkerFrame, int]:
-    """Read one frame and its size in bytes; ``asyncio.IncompleteReadError`` at EOF."""
-    data = await read_frame_bytes(reader, max_bytes)
-    return parse_frame(data), len(data)
+    return parse_frame(await read_frame_bytes(reader, max_bytes))
 
 
 async def read_frame_bytes(reader: asyncio.StreamReader, max_bytes: int) -> bytes:

@@ -86,8 +86,6 @@ class Session:
         self.opened_wall = time.time()
         self.lease_deadline = time.monotonic() + lease_seconds
         self.last_sequence = 0
-        #: forward jumps in the worker's sequence: (last before, first after)
-        self.holes: list[tuple[int, int]] = []
         self.worker: WorkerHandle | None = None
         self.distributor: Distributor | None = None
         self.ended = asyncio.Event()
@@ -179,7 +177,6 @@ class Session:
             first = sequences[start]
             log.warning("session %s: worker skipped sequences %d..%d (%s)", self.session_id,
                         missing_from, first - 1, gateway_pb2.GapReason.Name(reason))
-            self.holes.append((missing_from - 1, first))
             if dist is not None:
                 dist.publish_hole(missing_from - 1, first, reason)
                 dist.publish(wire_from_bodies(events[start:stop], sequences[start:stop]))
