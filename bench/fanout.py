@@ -132,7 +132,7 @@ def _sg_subscribers(address: str, key: str, sid: str, count: int, n: int,
                     ready: Any, results: Any) -> None:
     import grpc
 
-    from sessiongate.core.client import GatewayClient
+    from sessiongate.client import GatewayClient
 
     async def main() -> None:
         async with grpc.aio.insecure_channel(address) as channel:
@@ -171,7 +171,7 @@ def _sg_subscribers(address: str, key: str, sid: str, count: int, n: int,
 async def _open_session(address: str, key: str) -> str:
     import grpc
 
-    from sessiongate.core.client import GatewayClient
+    from sessiongate.client import GatewayClient
 
     async with grpc.aio.insecure_channel(address) as channel:
         return (await GatewayClient(channel, key).open(client_name="bench")).session_id
@@ -180,7 +180,7 @@ async def _open_session(address: str, key: str) -> str:
 async def _burst(address: str, key: str, sid: str, n: int) -> float:
     import grpc
 
-    from sessiongate.core.client import GatewayClient
+    from sessiongate.client import GatewayClient
 
     async with grpc.aio.insecure_channel(address) as channel:
         client = GatewayClient(channel, key)
@@ -582,7 +582,7 @@ def micro(k: int, n: int) -> tuple[float, float]:
     subscription, capacity N as before), so that ``--baseline`` runs this very
     function on the pre-change checkout.
     """
-    from sessiongate.core import events as core_events
+    from sessiongate.core.streaming import events as core_events
     from sessiongate.plugins import fanout
     from sessiongate.v1.gateway_pb2 import Event
 
@@ -664,7 +664,7 @@ def baseline_python(checkout: str, python: str | None) -> str:
     python = python or str(root / ".venv" / "bin" / "python")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     where = subprocess.run(
-        [python, "-c", "import sessiongate.core.events as m; print(m.__file__)"],
+        [python, "-c", "import sessiongate.core.streaming.events as m; print(m.__file__)"],
         capture_output=True, text=True, check=False, env=env) if os.path.exists(python) else None
     found = pathlib.Path(where.stdout.strip() or "?").resolve() if where else None
     if where is None or where.returncode or found is None or root not in found.parents:

@@ -41,7 +41,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from sessiongate.core.events import _EVENT_PREFIX, encode_response, to_wire
+from sessiongate.core.streaming.events import _EVENT_PREFIX, encode_response, to_wire
 from sessiongate.v1 import gateway_pb2, worker_pb2
 
 

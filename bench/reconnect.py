@@ -32,7 +32,7 @@ from fanout import PAYLOAD, Gateway
 async def measure(address: str, key: str, backlog: int, runs: int) -> dict[str, list[float]]:
     import grpc
 
-    from sessiongate.core.client import GatewayClient
+    from sessiongate.client import GatewayClient
 
     out: dict[str, list[float]] = {k: [] for k in ("resume_first", "resume_rate",
                                                      "live_first", "live_rate")}

@@ -189,7 +189,7 @@ def baseline_python(checkout: str, python: str | None) -> str:
             f"  /tmp/sg-before-venv/bin/pip install -e {checkout}\n"
             "and pass --baseline-python /tmp/sg-before-venv/bin/python")
     where = subprocess.run(
-        [python, "-c", "import sessiongate.core.events as m; print(m.__file__)"],
+        [python, "-c", "import sessiongate.core.streaming.events as m; print(m.__file__)"],
         capture_output=True, text=True, check=False, env={
             k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     found = pathlib.Path(where.stdout.strip() or "?").resolve()
@@ -204,7 +204,7 @@ def git_describe(path: pathlib.Path) -> str:
                          capture_output=True, text=True, check=False)
     head = out.stdout.strip() or "?"
     dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain", "--",
-                            "core", "plugins", "pkg"], capture_output=True, text=True,
+                            "core", "plugins", "toplevel"], capture_output=True, text=True,
                            check=False).stdout.strip()
     return head + (" + uncommitted changes in core/plugins/pkg" if dirty else "")
 
@@ -410,7 +410,7 @@ async def measure_mem(workdir: pathlib.Path, core_only: bool, count: int,
     """
     import psutil
 
-    from sessiongate.core.client import connect
+    from sessiongate.client import connect
 
     runtime = pathlib.Path(tempfile.mkdtemp(prefix="sgm", dir="/tmp"))
     gw = None
@@ -550,7 +550,7 @@ async def bench(args: argparse.Namespace, gw_address: str, key: str, plain_addre
                 runtime: pathlib.Path, before: tuple[str, str] | None,
                 workdir: pathlib.Path,
                 pids: tuple[int, int]) -> tuple[dict[str, list[float]], dict[str, Any]]:
-    from sessiongate.core.client import connect
+    from sessiongate.client import connect
 
     results: dict[str, list[float]] = {row[0]: [] for row in ROWS}
     info: dict[str, Any] = {"mem": []}

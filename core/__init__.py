@@ -1,22 +1,114 @@
 """sessiongate core: sessions, workers, gRPC API, settings and the plugin host.
 
-Plugin authors import the marker from here::
+This package is also **the public API for plugins**: everything a plugin needs is
+importable from here (plus :mod:`sessiongate.core.errors` and the generated
+``sessiongate.v1`` messages); the subsystem packages are internal::
 
-    from sessiongate.core import hookimpl
+    from sessiongate.core import GatewayAPI, Session, StashKey, hookimpl
 
-The markers are created on first use: worker processes import this package too
-and must not pay for pluggy (session open latency, see bench/).
+Names are loaded on first use: worker processes import this package too and must
+not pay for pluggy or the gateway (session open latency, see bench/).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 PROJECT = "sessiongate"
+#: the entry-point group every plugin, built-in or third-party, registers in
+ENTRY_POINT_GROUP = "sessiongate.plugins"
 
-__all__ = ["PROJECT", "hookimpl", "hookspec"]
+#: public name → the module that defines it
+_PUBLIC: dict[str, str] = {
+    "GatewayAPI": "sessiongate.core.plugin_api",
+    "InternalConsumer": "sessiongate.core.plugin_api",
+    "Session": "sessiongate.core.sessions.session",
+    "EndedSession": "sessiongate.core.sessions.session",
+    "SessionState": "sessiongate.core.sessions.session",
+    "AdoptionRecord": "sessiongate.core.sessions.manager",
+    "Distributor": "sessiongate.core.streaming.events",
+    "EventLog": "sessiongate.core.streaming.events",
+    "Subscription": "sessiongate.core.streaming.events",
+    "ADMIN_SCOPE": "sessiongate.core.identity",
+    "TAG_PATTERN": "sessiongate.core.identity",
+    "Identity": "sessiongate.core.identity",
+    "LoginGrant": "sessiongate.core.identity",
+    "Setting": "sessiongate.core.config.settings",
+    "Settings": "sessiongate.core.config.settings",
+    "boolean": "sessiongate.core.config.settings",
+    "non_negative_int": "sessiongate.core.config.settings",
+    "non_negative_number": "sessiongate.core.config.settings",
+    "one_of": "sessiongate.core.config.settings",
+    "positive_int": "sessiongate.core.config.settings",
+    "positive_number": "sessiongate.core.config.settings",
+    "string": "sessiongate.core.config.settings",
+    "Stash": "sessiongate.core.stash",
+    "StashKey": "sessiongate.core.stash",
+    "SqliteStore": "sessiongate.core.storage",
+    "worker_socket_path": "sessiongate.core.pluginhost.defaults",
+}
+
+__all__ = [
+    "ADMIN_SCOPE",
+    "ENTRY_POINT_GROUP",
+    "PROJECT",
+    "TAG_PATTERN",
+    "AdoptionRecord",
+    "Distributor",
+    "EndedSession",
+    "EventLog",
+    "GatewayAPI",
+    "Identity",
+    "InternalConsumer",
+    "LoginGrant",
+    "Session",
+    "SessionState",
+    "Setting",
+    "Settings",
+    "SqliteStore",
+    "Stash",
+    "StashKey",
+    "Subscription",
+    "boolean",
+    "hookimpl",
+    "hookspec",
+    "non_negative_int",
+    "non_negative_number",
+    "one_of",
+    "positive_int",
+    "positive_number",
+    "string",
+    "worker_socket_path",
+]
 
 _markers: dict[str, Any] = {}
+
+if TYPE_CHECKING:
+    from pluggy import HookimplMarker, HookspecMarker
+
+    from sessiongate.core.config.settings import (
+        Setting,
+        Settings,
+        boolean,
+        non_negative_int,
+        non_negative_number,
+        one_of,
+        positive_int,
+        positive_number,
+        string,
+    )
+    from sessiongate.core.identity import ADMIN_SCOPE, TAG_PATTERN, Identity, LoginGrant
+    from sessiongate.core.plugin_api import GatewayAPI, InternalConsumer
+    from sessiongate.core.pluginhost.defaults import worker_socket_path
+    from sessiongate.core.sessions.manager import AdoptionRecord
+    from sessiongate.core.sessions.session import EndedSession, Session, SessionState
+    from sessiongate.core.stash import Stash, StashKey
+    from sessiongate.core.storage import SqliteStore
+    from sessiongate.core.streaming.events import Distributor, EventLog, Subscription
+
+    hookimpl: HookimplMarker
+    hookspec: HookspecMarker
 
 
 def __getattr__(name: str) -> Any:
@@ -29,4 +121,7 @@ def __getattr__(name: str) -> Any:
             #: Marker for specifications; only sessiongate.core.hookspecs uses it.
             _markers["hookspec"] = pluggy.HookspecMarker(PROJECT)
         return _markers[name]
+    module = _PUBLIC.get(name)
+    if module is not None:
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'sessiongate.core' has no attribute {name!r}")

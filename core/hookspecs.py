@@ -3,7 +3,7 @@
 Plugins implement these with ``from sessiongate.core import hookimpl`` and register
 through the entry-point group ``sessiongate.plugins``.
 
-How sessiongate calls hooks (see :mod:`sessiongate.core.plugins`):
+How sessiongate calls hooks (see :mod:`sessiongate.core.pluginhost.host`):
 
 * Implementations are called one at a time, last registered first (pluggy's order;
   ``tryfirst``/``trylast`` work as usual). Hook wrappers are not supported.
@@ -13,8 +13,18 @@ How sessiongate calls hooks (see :mod:`sessiongate.core.plugins`):
 * **Veto** hooks: an implementation refuses by raising
   :class:`sessiongate.core.errors.GatewayError` (its status code reaches the client).
   Any other exception also refuses (fail closed), logged, with ``INTERNAL``.
-* **Decision** hooks (``firstresult``): synchronous; the first non-``None`` result
-  wins. An exception is logged and refuses the request (fail closed).
+* **Decision** hooks (``firstresult``): the first non-``None`` result wins; an
+  implementation may return an awaitable (a coroutine function's result), which is
+  awaited first (datasette's ``await_me_maybe``). An exception is logged and refuses
+  the request (fail closed).
+
+Every hook that runs while the gateway runs takes ``gateway``, a
+:class:`sessiongate.core.plugin_api.GatewayAPI`: look sessions up, close them, attach
+internal subscribers, read settings, count metrics, spawn owned tasks, and keep the
+plugin's own state in ``gateway.stash`` (per session: ``session.stash``). Like any
+hook argument it may be left out of an implementation's signature.
+
+Hooks are called through pluggy, so ``SESSIONGATE_TRACE_HOOKS=1`` traces every call.
 
 Sections: boot, sessions, identity, events, workers.
 """
@@ -27,23 +37,26 @@ from typing import TYPE_CHECKING, Any
 from sessiongate.core import hookspec
 
 if TYPE_CHECKING:
-    from sessiongate.core.auth import Identity
-    from sessiongate.core.events import Distributor, Subscription
-    from sessiongate.core.gateway import Gateway
-    from sessiongate.core.session import Session
-    from sessiongate.core.settings import Setting, Settings
+    from sessiongate.core.config.settings import Setting, Settings
+    from sessiongate.core.identity import Identity, LoginGrant
+    from sessiongate.core.plugin_api import GatewayAPI
+    from sessiongate.core.sessions.session import Session
+    from sessiongate.core.streaming.events import Distributor, Subscription
 
 __all__ = [
     "sg_add_validators",
     "sg_authenticate",
     "sg_authorize",
     "sg_internal_subscribers",
+    "sg_login",
     "sg_make_distributor",
     "sg_replay_supported",
     "sg_secret_settings",
+    "sg_session_adopted",
     "sg_session_closed",
     "sg_session_open",
     "sg_session_opened",
+    "sg_session_released",
     "sg_session_state_changed",
     "sg_shutdown",
     "sg_startup",
@@ -55,6 +68,7 @@ __all__ = [
     "sg_worker_endpoint",
     "sg_worker_exited",
     "sg_worker_launch",
+    "sg_worker_options",
     "sg_worker_release",
 ]
 
@@ -72,7 +86,7 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
     (``plugins.<name>.*``); every failure of every plugin is reported together.
 
     :param settings: the loaded (phase-1 validated) settings.
-    :returns: a list of :class:`sessiongate.core.settings.Setting`.
+    :returns: a list of :class:`sessiongate.core.config.settings.Setting`.
 
     Kind: observer, sync.
     """
@@ -93,7 +107,7 @@ def sg_worker_backends() -> Mapping[str, str]:
     """Register worker backends by name.
 
     :returns: ``{name: "module:Class"}``; the class subclasses
-        :class:`sessiongate.core.worker.Backend` and is imported inside the worker
+        :class:`sessiongate.core.sdk.worker.Backend` and is imported inside the worker
         process only. Later registrations of the same name win.
 
     Kind: observer, sync.
@@ -101,24 +115,25 @@ def sg_worker_backends() -> Mapping[str, str]:
 
 
 @hookspec
-def sg_startup(gateway: Gateway) -> None:
+def sg_startup(gateway: GatewayAPI) -> None:
     """The gateway is starting: storage is open, no client call is accepted yet.
 
     Plugins create their background tasks here (and own them until
     :func:`sg_shutdown`). Adoption of surviving workers happens here.
 
-    :param gateway: the :class:`sessiongate.core.gateway.Gateway`.
+    :param gateway: the :class:`~sessiongate.core.plugin_api.GatewayAPI` of the gateway.
 
     Kind: observer, may be async; awaited in order.
     """
 
 
 @hookspec
-def sg_shutdown(gateway: Gateway) -> None:
-    """The gateway is stopping: no new calls are accepted and every session has ended
-    (closed, or its worker released for adoption).
+def sg_shutdown(gateway: GatewayAPI) -> None:
+    """The gateway is stopping: no new calls are accepted, every session has ended
+    (closed, or its worker released for adoption) and the tasks spawned with
+    ``gateway.spawn`` have been cancelled and awaited.
 
-    Plugins cancel and await the tasks they own and close what they opened.
+    Plugins cancel and await any other task they own and close what they opened.
 
     Kind: observer, may be async.
     """
@@ -130,7 +145,7 @@ def sg_shutdown(gateway: Gateway) -> None:
 
 
 @hookspec
-def sg_session_open(session: Session, identity: Identity) -> None:
+def sg_session_open(gateway: GatewayAPI, session: Session, identity: Identity) -> None:
     """A client asks for a new session; it is not registered and its worker not connected.
 
     (The worker process may already run as a spare; a refused session's id is never
@@ -146,7 +161,7 @@ def sg_session_open(session: Session, identity: Identity) -> None:
 
 
 @hookspec
-def sg_session_opened(session: Session) -> None:
+def sg_session_opened(gateway: GatewayAPI, session: Session) -> None:
     """The session's worker is Ready and the session is READY.
 
     Kind: observer, may be async.
@@ -154,7 +169,8 @@ def sg_session_opened(session: Session) -> None:
 
 
 @hookspec
-def sg_session_state_changed(session: Session, old: str, new: str, reason: str) -> None:
+def sg_session_state_changed(gateway: GatewayAPI, session: Session, old: str, new: str,
+                             reason: str) -> None:
     """The session moved from state ``old`` to ``new`` (names as in the proto).
 
     Called synchronously inside the state change: keep it quick and non-blocking.
@@ -167,10 +183,35 @@ def sg_session_state_changed(session: Session, old: str, new: str, reason: str) 
 
 
 @hookspec
-def sg_session_closed(session: Session, reason: str) -> None:
+def sg_session_closed(gateway: GatewayAPI, session: Session, reason: str) -> None:
     """The session reached CLOSED or FAULTED; its worker is gone or going.
 
     :param reason: words for people (``"closed by client"``, ``"lease expired"`` …).
+
+    Kind: observer, may be async.
+    """
+
+
+@hookspec
+def sg_session_released(gateway: GatewayAPI, session: Session) -> None:
+    """At shutdown, the session's worker was left running for a later gateway to adopt
+    (some plugin answered ``True`` to :func:`sg_worker_release`). The session has ended
+    *in this gateway* (its state here is CLOSED, reason the shutdown) but not for its
+    client: its worker runs on, and :func:`sg_session_closed` does not fire.
+    ``gateway.adoption_record(session)`` still describes the worker.
+
+    Kind: observer, may be async.
+
+    No shipped implementation: reattach keeps the session's manifest entry by doing
+    nothing here; ``examples/audit-plugin`` writes a ``released`` line.
+    """
+
+
+@hookspec
+def sg_session_adopted(gateway: GatewayAPI, session: Session) -> None:
+    """A session an earlier gateway released is READY again here: its worker phoned
+    home and was adopted (``GatewayAPI.adopt_session``). Fires instead of
+    :func:`sg_session_opened`, which fired once, in the gateway that opened it.
 
     Kind: observer, may be async.
     """
@@ -182,7 +223,7 @@ def sg_session_closed(session: Session, reason: str) -> None:
 
 
 @hookspec(firstresult=True)
-def sg_authenticate(credential: str) -> Identity | None:
+def sg_authenticate(gateway: GatewayAPI, credential: str) -> Identity | None:
     """Turn a bearer credential that is not a sessiongate API key into an identity.
 
     Stops at first non-None result. ``None`` means "not mine"; core then looks the
@@ -192,12 +233,13 @@ def sg_authenticate(credential: str) -> Identity | None:
     :param credential: the text after ``Bearer`` in the ``authorization`` metadata.
         Never log it.
 
-    Kind: decision, sync.
+    Kind: decision, may be async.
     """
 
 
 @hookspec(firstresult=True)
-def sg_authorize(identity: Identity, action: str, session: Session | None) -> bool | None:
+def sg_authorize(gateway: GatewayAPI, identity: Identity, action: str,
+                 session: Session | None) -> bool | None:
     """May ``identity`` do ``action`` on ``session``?
 
     Stops at first non-None result. ``True`` allows, ``False`` refuses with
@@ -208,7 +250,21 @@ def sg_authorize(identity: Identity, action: str, session: Session | None) -> bo
         ``stream``, ``resume``.
     :param session: the session concerned (``None`` for ``open``).
 
-    Kind: decision, sync.
+    Kind: decision, may be async.
+    """
+
+
+@hookspec(firstresult=True)
+def sg_login(gateway: GatewayAPI, username: str, password: str) -> LoginGrant | None:
+    """Serve the ``Login`` RPC: check a person's username and password.
+
+    Stops at first non-None result. Return a :class:`~sessiongate.core.identity.LoginGrant`
+    (a token the same plugin accepts at :func:`sg_authenticate`); raise
+    ``Unauthenticated`` for a wrong username or password, ``Unavailable`` or
+    ``ResourceExhausted`` when it cannot answer now. With no implementation answering,
+    ``Login`` is ``UNIMPLEMENTED``. Never log ``password``.
+
+    Kind: decision, may be async.
     """
 
 
@@ -218,42 +274,46 @@ def sg_authorize(identity: Identity, action: str, session: Session | None) -> bo
 
 
 @hookspec(firstresult=True)
-def sg_make_distributor(session: Session, settings: Settings) -> Distributor | None:
+def sg_make_distributor(gateway: GatewayAPI, session: Session,
+                        settings: Settings) -> Distributor | None:
     """Create the per-session distributor that delivers events to subscribers.
 
     Stops at first non-None result. Core's own implementation (``trylast``) returns
-    the single-subscriber distributor; the fanout plugin returns its many-subscriber
-    one. Called once per session, before its worker connects, so no event is lost.
+    the single-subscriber distributor; a plugin may return one of its own, built with
+    ``gateway.distributor_options(session)``. Called once per session, before its
+    worker connects, so no event is lost.
 
-    Kind: decision, sync.
+    Kind: decision, may be async.
     """
 
 
 @hookspec(firstresult=True)
-def sg_replay_supported(session: Session) -> bool | None:
+def sg_replay_supported(gateway: GatewayAPI, session: Session) -> bool | None:
     """May a stream of this session resume with ``after_sequence``?
 
     Stops at first non-None result. With no implementation answering ``True``,
-    ``after_sequence`` gets ``FAILED_PRECONDITION`` naming the reconnect plugin.
+    ``after_sequence`` gets ``FAILED_PRECONDITION``.
 
-    Kind: decision, sync.
+    Kind: decision, may be async.
     """
 
 
 @hookspec(firstresult=True)
-def sg_stream_keeps_alive(session: Session, identity: Identity) -> bool | None:
+def sg_stream_keeps_alive(gateway: GatewayAPI, session: Session,
+                          identity: Identity) -> bool | None:
     """Does a stream of ``identity`` keep ``session`` alive?
 
     Stops at first non-None result. ``True``/``None``: the stream keeps the lease from
     expiring and counts as attached for detach-grace; ``False``: it is a watcher
     (e.g. a read-only tag viewer under the acl plugin).
 
-    Kind: decision, sync.
+    Kind: decision, may be async.
     """
 
 
 @hookspec
-def sg_subscriber_attach(session: Session, identity: Identity, request: Any) -> None:
+def sg_subscriber_attach(gateway: GatewayAPI, session: Session, identity: Identity,
+                         request: Any) -> None:
     """A client asks to stream the session's events (the request is the proto message).
 
     Veto by raising a ``GatewayError``. Runs after the authorisation decision.
@@ -266,7 +326,8 @@ def sg_subscriber_attach(session: Session, identity: Identity, request: Any) -> 
 
 
 @hookspec
-def sg_subscriber_attached(session: Session, subscription: Subscription) -> None:
+def sg_subscriber_attached(gateway: GatewayAPI, session: Session,
+                           subscription: Subscription) -> None:
     """A subscription is registered with the session's distributor (a client's stream,
     or an internal subscriber from :func:`sg_internal_subscribers`).
 
@@ -275,7 +336,8 @@ def sg_subscriber_attached(session: Session, subscription: Subscription) -> None
 
 
 @hookspec
-def sg_subscriber_detached(session: Session, subscription: Subscription, reason: str) -> None:
+def sg_subscriber_detached(gateway: GatewayAPI, session: Session, subscription: Subscription,
+                           reason: str) -> None:
     """A subscription ended (client gone, overflow, replaced, session ended).
 
     Kind: observer, sync.
@@ -283,7 +345,7 @@ def sg_subscriber_detached(session: Session, subscription: Subscription, reason:
 
 
 @hookspec
-def sg_internal_subscribers(session: Session) -> Sequence[Any]:
+def sg_internal_subscribers(gateway: GatewayAPI, session: Session) -> Sequence[Any]:
     """Gateway-owned subscribers to attach to every session when it becomes Ready.
 
     :returns: callables ``consumer(session, subscription) -> Awaitable[None]``;
@@ -302,20 +364,36 @@ def sg_internal_subscribers(session: Session) -> Sequence[Any]:
 # -------------------------------------------------------------------------------------
 
 
+@hookspec
+def sg_worker_options(gateway: GatewayAPI, session: Session) -> Mapping[str, Any]:
+    """Options for the worker SDK of a worker about to start. Where two implementations
+    set the same key, the one called first wins (``tryfirst``, else the last
+    registered), as for :func:`sg_worker_backends`.
+
+    The SDK reads ``history`` (events it keeps to hand over at adoption) and
+    ``orphan_lifetime`` (seconds it keeps running with its gateway gone; 0: it exits at
+    once); it ignores other keys. Called for spare workers too (see
+    :func:`sg_worker_launch`).
+
+    Kind: observer, sync.
+    """
+
+
 @hookspec(firstresult=True)
-def sg_worker_endpoint(session: Session, runtime_dir: str) -> str | None:
+def sg_worker_endpoint(gateway: GatewayAPI, session: Session, runtime_dir: str) -> str | None:
     """Choose the Unix socket path for the session's worker.
 
     Stops at first non-None result. Core's default (``trylast``) derives it from the
     gateway's instance id and the session id. Also called for spare workers, whose
     session may never be opened.
 
-    Kind: decision, sync.
+    Kind: decision, may be async.
     """
 
 
 @hookspec
-def sg_worker_launch(session: Session, argv: list[str], env: dict[str, str]) -> None:
+def sg_worker_launch(gateway: GatewayAPI, session: Session, argv: list[str],
+                     env: dict[str, str]) -> None:
     """The worker process is about to be started; ``argv`` and ``env`` may be changed.
 
     The worker may be started ahead of its session (a spare, ``workers.spare_workers``):
@@ -325,23 +403,29 @@ def sg_worker_launch(session: Session, argv: list[str], env: dict[str, str]) -> 
     ``env``: a deployer's variables may hold secrets.
 
     Kind: observer, sync.
+
+    No shipped implementation: options for the worker SDK go through
+    :func:`sg_worker_options`; this is for deployment-specific wrappers (a
+    different interpreter, a sandbox launcher, extra environment).
     """
 
 
 @hookspec(firstresult=True)
-def sg_worker_release(session: Session) -> bool | None:
+def sg_worker_release(gateway: GatewayAPI, session: Session) -> bool | None:
     """The gateway is shutting down: leave this session's worker running?
 
-    Stops at first non-None result. ``True``: the connection is closed without
-    stopping the worker, so a later gateway instance can adopt it (reattach);
-    ``None``/``False``: the worker is stopped (core behaviour).
+    Asked only for sessions whose worker is alive. Stops at first non-None result.
+    ``True``: the connection is closed without stopping the worker, so a later gateway
+    can adopt it (``GatewayAPI.adopt_session``), and :func:`sg_session_released` fires;
+    ``None``/``False``: the worker is stopped and :func:`sg_session_closed` fires.
 
-    Kind: decision, sync.
+    Kind: decision, may be async.
     """
 
 
 @hookspec
-def sg_worker_exited(session: Session, pid: int, returncode: int | None) -> None:
+def sg_worker_exited(gateway: GatewayAPI, session: Session, pid: int,
+                     returncode: int | None) -> None:
     """The worker process of an opened session has exited (not called for unused spares).
 
     Kind: observer, may be async.

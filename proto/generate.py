@@ -1,4 +1,4 @@
-"""Regenerate the Python modules of the protos into pkg/v1 (committed; see tests)."""
+"""Regenerate the Python modules of the protos into toplevel/v1 (committed; see tests)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def generate(out_dir: pathlib.Path) -> None:
 
     include = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Generated into a temp tree mirroring the package path, then moved into pkg/v1.
+    # Generated into a temp tree mirroring the package path, then moved into toplevel/v1.
     tmp = out_dir / "_gen"
     tmp.mkdir(exist_ok=True)
     protos = ["sessiongate/v1/gateway.proto", "sessiongate/v1/worker.proto"]
@@ -34,4 +34,4 @@ def generate(out_dir: pathlib.Path) -> None:
 
 
 if __name__ == "__main__":
-    generate(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "pkg" / "v1")
+    generate(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "toplevel" / "v1")

@@ -19,9 +19,9 @@ import tomllib
 
 import pytest
 
-from sessiongate.core.settings import defaults_path
+from sessiongate.core.config.settings import defaults_path
 
-pytest_plugins = ["sessiongate.core.testing"]
+pytest_plugins = ["sessiongate.testing"]
 
 SCOPE_ENV = "SG_TEST_SCOPE"
 PLUGIN_TESTS = pathlib.Path(__file__).parent / "plugins"

@@ -31,24 +31,20 @@ from sessiongate.core.errors import Unauthenticated
 
 from .policy import decide, keeps_alive
 from .rules import SECRET_KEYS, rules
-from .runtime import RUNTIME_NAME, AclRuntime
+from .runtime import RUNTIME, AclRuntime
 from .tokens import TokenSigner, is_ours
 
 if TYPE_CHECKING:
-    from sessiongate.core.auth import Identity
-    from sessiongate.core.gateway import Gateway
-    from sessiongate.core.session import Session
-    from sessiongate.core.settings import Setting, Settings
+    from sessiongate.core import GatewayAPI, Identity, LoginGrant, Session, Setting, Settings
 
 __all__ = ["AclRuntime", "TokenSigner", "decide", "keeps_alive", "runtime_of"]
 
 log = logging.getLogger("sessiongate.plugins.acl")
 
 
-def runtime_of(gateway: Gateway) -> AclRuntime | None:
-    """The acl runtime serving ``gateway`` (None before startup or with acl off)."""
-    plugin = gateway.pm.get_plugin(RUNTIME_NAME)
-    return plugin if isinstance(plugin, AclRuntime) else None
+def runtime_of(gateway: GatewayAPI) -> AclRuntime | None:
+    """The acl runtime serving ``gateway`` (None before startup, or if it failed)."""
+    return gateway.stash.get(RUNTIME)
 
 
 @hookimpl
@@ -62,23 +58,15 @@ def sg_secret_settings() -> Sequence[str]:
 
 
 @hookimpl
-async def sg_startup(gateway: Gateway) -> None:
-    runtime = runtime_of(gateway)
-    if runtime is None:
-        runtime = AclRuntime(gateway)
-        await runtime.start()
-        try:
-            gateway.pm.register(runtime, name=RUNTIME_NAME)
-        except BaseException:
-            await runtime.stop()
-            raise
-    else:  # started again after a stop: same gateway, same runtime
-        await runtime.start()
+async def sg_startup(gateway: GatewayAPI) -> None:
+    runtime = runtime_of(gateway) or AclRuntime(gateway)  # the same one after a restart
+    await runtime.start()
+    gateway.stash[RUNTIME] = runtime
 
 
 @hookimpl
-async def sg_shutdown(gateway: Gateway) -> None:
-    # The runtime stays registered: calls still draining keep being decided by it.
+async def sg_shutdown(gateway: GatewayAPI) -> None:
+    # The runtime stays: calls still draining keep being decided by it.
     runtime = runtime_of(gateway)
     if runtime is not None:
         await runtime.stop()
@@ -90,19 +78,33 @@ def sg_stream_keeps_alive(session: Session, identity: Identity) -> bool:
     return keeps_alive(identity, session)
 
 
-# -- fail-closed fallbacks -------------------------------------------------------------------
-# The runtime registered at startup answers first. These answer only if it is missing -
-# its startup failed (logged by the plugin host) - and then nothing is allowed.
+# The runtime answers once started. Without it - its startup failed (logged by the
+# plugin host) - nothing is allowed and no sign-in token is accepted (fail closed).
 
 
-@hookimpl(trylast=True)
-def sg_authorize(identity: Identity, action: str, session: Session | None) -> bool:
-    log.error("acl: not started (see the startup error above): %s refused", action)
-    return False
+@hookimpl
+def sg_authorize(gateway: GatewayAPI, identity: Identity, action: str,
+                 session: Session | None) -> bool:
+    runtime = runtime_of(gateway)
+    if runtime is None:
+        log.error("acl: not started (see the startup error above): %s refused", action)
+        return False
+    return runtime.authorize(identity, action, session)
 
 
-@hookimpl(trylast=True)
-def sg_authenticate(credential: str) -> Identity | None:
-    if is_ours(credential):
+@hookimpl
+def sg_authenticate(gateway: GatewayAPI, credential: str) -> Identity | None:
+    if not is_ours(credential):
+        return None  # an API key, or another plugin's token: not ours to judge
+    runtime = runtime_of(gateway)
+    if runtime is None:
         raise Unauthenticated("sign-in tokens are not accepted: the acl plugin did not start")
-    return None
+    return runtime.authenticate(credential)
+
+
+@hookimpl
+async def sg_login(gateway: GatewayAPI, username: str, password: str) -> LoginGrant | None:
+    runtime = runtime_of(gateway)
+    if runtime is None or not runtime.ldap_enabled:
+        return None  # Login is not offered
+    return await runtime.login(username, password)

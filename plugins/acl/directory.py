@@ -47,7 +47,7 @@ with warnings.catch_warnings():
     from ldap3.utils.tls_backport import match_hostname as _match_dns_name
 
 if TYPE_CHECKING:
-    from sessiongate.core.settings import Settings
+    from sessiongate.core import Settings
 
 __all__ = ["Directory", "DirectoryUnavailable", "LdapConfig", "LoginRefused", "LoginResult",
            "normalize_dn"]

@@ -18,8 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sessiongate.core.auth import Identity
-    from sessiongate.core.session import Session
+    from sessiongate.core import Identity, Session
 
 __all__ = ["READ_ONLY", "decide", "keeps_alive"]
 

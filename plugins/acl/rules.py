@@ -10,11 +10,10 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sessiongate.core.auth import TAG_PATTERN
-from sessiongate.core.settings import Setting, boolean, positive_int, positive_number, string
+from sessiongate.core import TAG_PATTERN, Setting, boolean, positive_int, positive_number, string
 
 if TYPE_CHECKING:
-    from sessiongate.core.settings import Settings
+    from sessiongate.core import Settings
 
 __all__ = ["SECRET_KEYS", "rules"]
 

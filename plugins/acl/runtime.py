@@ -1,18 +1,16 @@
 """The acl plugin bound to one running gateway.
 
-``sg_startup`` creates an :class:`AclRuntime` and registers it with that gateway's
-plugin manager, so its decision hooks (``sg_authenticate``, ``sg_authorize``) know
-the gateway they serve - its metrics, its token key, its settings - although those
-hooks are not given the gateway. Several gateways in one process (tests) each get
-their own. It is registered after every plugin, so it answers first; the module's
-own ``trylast`` implementations only answer (refusing everything) if it is missing.
+``sg_startup`` creates an :class:`AclRuntime` and keeps it in that gateway's stash
+(``gateway.stash[RUNTIME]``), so the plugin's hooks find the gateway's metrics, token
+key and settings; several gateways in one process (tests) each get their own.
 
-It owns one background task, the *revocation watcher*: every
+It runs one background task, owned by the gateway (``gateway.spawn``), the
+*revocation watcher*: every
 ``plugins.acl.revocation_check_interval_seconds`` it looks at the live external
 streams, asks the key store whether each API key is still active (a revocation
 by ``sessiongate keys revoke`` in another process is seen too: the store is a
 shared SQLite file) and ends a revoked key's streams - and streams of expired
-tokens - with ``UNAUTHENTICATED``. ``sg_shutdown`` cancels and awaits it.
+tokens - with ``UNAUTHENTICATED``. The gateway cancels and awaits it at shutdown.
 """
 
 from __future__ import annotations
@@ -20,29 +18,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from sessiongate.core import hookimpl
+from sessiongate.core import LoginGrant, StashKey
 from sessiongate.core.errors import GatewayError, ResourceExhausted, Unauthenticated, Unavailable
 
 from . import policy
-from .tokens import TokenSigner, is_ours
+from .tokens import TokenSigner
 
 if TYPE_CHECKING:
-    from sessiongate.core.auth import Identity
-    from sessiongate.core.events import Subscription
-    from sessiongate.core.gateway import Gateway
-    from sessiongate.core.session import Session
+    from sessiongate.core import GatewayAPI, Identity, Session, Subscription
 
     from .directory import Directory
 
-__all__ = ["RUNTIME_NAME", "AclRuntime"]
+__all__ = ["RUNTIME", "AclRuntime"]
 
 log = logging.getLogger("sessiongate.plugins.acl")
 
-RUNTIME_NAME = "acl-runtime"
+RUNTIME: StashKey[AclRuntime] = StashKey("acl.runtime")
 #: LDAP logins in flight at most (each holds a thread for up to the timeout)
 MAX_LOGINS_IN_FLIGHT = 8
 REFUSED = "invalid username or password"
@@ -52,7 +45,7 @@ UNAVAILABLE = "the directory is unavailable; try again later"
 class AclRuntime:
     """Decision hooks, the login service and the revocation watcher of one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayAPI) -> None:
         self.gateway = gateway
         self.metrics = gateway.metrics
         acl = gateway.settings.plugins.acl
@@ -71,14 +64,11 @@ class AclRuntime:
             self.directory = Directory(LdapConfig.from_settings(self.gateway.settings))
             self.tokens = await asyncio.to_thread(TokenSigner.from_state_dir,
                                                   self.gateway.state_dir, self.ttl)
-            self.gateway.attributes["login"] = self.login
-        self._watcher = asyncio.create_task(self._watch(), name="acl-revocation-watcher")
+        self._watcher = self.gateway.spawn(self._watch(), "acl-revocation-watcher")
         log.info("acl: sessions are owner/admin/tag gated; LDAP login %s",
                  f"on ({self.directory.config.url})" if self.directory else "off")
 
     async def stop(self) -> None:
-        if self.gateway.attributes.get("login") == self.login:
-            del self.gateway.attributes["login"]
         task, self._watcher = self._watcher, None
         if task is not None:
             task.cancel()
@@ -86,10 +76,8 @@ class AclRuntime:
 
     # -- decisions -----------------------------------------------------------------------
 
-    @hookimpl
-    def sg_authenticate(self, credential: str) -> Identity | None:
-        if not is_ours(credential):
-            return None  # an API key, or another plugin's token: not ours to judge
+    def authenticate(self, credential: str) -> Identity:
+        """A sign-in token of ours: the identity it carries, or ``Unauthenticated``."""
         if self.tokens is None:
             self.metrics.inc("acl_tokens", outcome="refused")
             raise Unauthenticated("sign-in tokens are not accepted: LDAP login is off "
@@ -103,9 +91,7 @@ class AclRuntime:
         self.metrics.inc("acl_tokens", outcome="accepted")
         return identity
 
-    @hookimpl
-    def sg_authorize(self, identity: Identity, action: str,
-                     session: Session | None) -> bool:
+    def authorize(self, identity: Identity, action: str, session: Session | None) -> bool:
         allowed, why = policy.decide(identity, action, session)
         outcome = "allow" if allowed else "deny"
         self.metrics.inc("acl_decisions", action=action, outcome=outcome)
@@ -118,22 +104,18 @@ class AclRuntime:
 
     # -- login -----------------------------------------------------------------------------
 
-    async def login(self, request: Any) -> Any:
+    async def login(self, username: str, password: str) -> LoginGrant:
         """The Login RPC: LDAP bind, groups → admin/tags, a signed token."""
-        from sessiongate.v1 import gateway_pb2
-
         from .directory import DirectoryUnavailable, LoginRefused
 
         assert self.directory is not None and self.tokens is not None
-        username = str(request.username)
         shown = username[:64]
         if self._logins_in_flight >= MAX_LOGINS_IN_FLIGHT:
             self.metrics.inc("acl_logins", outcome="busy")
             raise ResourceExhausted("too many logins in progress; try again shortly")
         self._logins_in_flight += 1
         try:
-            result = await asyncio.to_thread(self.directory.authenticate, username,
-                                             str(request.password))
+            result = await asyncio.to_thread(self.directory.authenticate, username, password)
         except LoginRefused:
             self.metrics.inc("acl_logins", outcome="refused")
             log.info("acl: LDAP login refused for %r", shown)
@@ -157,10 +139,8 @@ class AclRuntime:
                  result.user_dn, result.admin, len(result.tags), len(result.groups))
         if not result.admin and not result.tags:
             log.info("acl: %r is in no mapped group: the login grants nothing", shown)
-        expires_at = Timestamp()
-        expires_at.FromSeconds(int(expires))
-        return gateway_pb2.LoginResponse(token=token, expires_at=expires_at,
-                                         admin=result.admin, tags=sorted(result.tags))
+        return LoginGrant(token=token, expires_at=expires, admin=result.admin,
+                          tags=tuple(sorted(result.tags)))
 
     # -- revocation ------------------------------------------------------------------------
 
@@ -179,11 +159,8 @@ class AclRuntime:
         by_key: dict[str, list[tuple[Session, Subscription]]] = {}
         ended = 0
         now = time.time()
-        for session in list(self.gateway.sessions.live.values()):
-            dist = session.distributor
-            if dist is None:
-                continue
-            for sub in dist.subscriptions:
+        for session in self.gateway.sessions():
+            for sub in session.subscriptions():
                 identity = sub.identity
                 if not sub.external or identity is None or sub.ended:
                     continue
@@ -194,7 +171,7 @@ class AclRuntime:
                 elif identity.kind == "api_key":
                     by_key.setdefault(identity.key_id, []).append((session, sub))
         for key_id, streams in by_key.items():
-            if await self.gateway.keys.is_active(key_id):
+            if await self.gateway.key_is_active(key_id):
                 continue
             log.info("acl: API key %s is revoked: ending its %d live stream(s)", key_id,
                      len(streams))

@@ -24,7 +24,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sessiongate.core.auth import ADMIN_SCOPE, Identity
+from sessiongate.core import ADMIN_SCOPE, Identity
 from sessiongate.core.errors import Unauthenticated
 
 __all__ = ["ISSUER", "KEY_FILE", "TOKEN_KIND", "TokenSigner", "is_ours", "looks_like_jwt"]

@@ -15,15 +15,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sessiongate.core import hookimpl
-from sessiongate.core.events import EventLog
-from sessiongate.core.settings import Setting, non_negative_int, non_negative_number, positive_int
+from sessiongate.core import (
+    EventLog,
+    Setting,
+    hookimpl,
+    non_negative_int,
+    non_negative_number,
+    positive_int,
+)
 
 from .distributor import FanoutDistributor
 
 if TYPE_CHECKING:
-    from sessiongate.core.session import Session
-    from sessiongate.core.settings import Settings
+    from sessiongate.core import GatewayAPI, Session, Settings
 
 __all__ = ["FanoutDistributor"]
 
@@ -43,11 +47,10 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
 
 
 @hookimpl
-def sg_make_distributor(session: Session, settings: Settings) -> FanoutDistributor:
-    fanout = settings.plugins.fanout
-    gateway = session.attributes["gateway"]
+def sg_make_distributor(gateway: GatewayAPI, session: Session) -> FanoutDistributor:
+    fanout = gateway.settings.plugins.fanout
     ring = EventLog(int(fanout.replay_buffer_capacity), float(fanout.replay_retention_seconds))
     return FanoutDistributor(
         max_external=int(fanout.max_subscribers_per_session),
-        **gateway.sessions.distributor_options(session, log=ring),
+        **gateway.distributor_options(session, log=ring),
     )

@@ -1,6 +1,6 @@
 """Many subscribers per session: one pump, one event log, a cursor each, replay.
 
-Builds on core's :class:`~sessiongate.core.events.Distributor` (which already paces
+Builds on core's :class:`~sessiongate.core.Distributor` (which already paces
 the worker to the fastest complete subscriber, isolates a laggard and faults the
 session under ``fail_fast`` only when that subscriber was its only external one)
 and adds the subscriber cap, replacement by ``subscriber_id`` and resume: the log
@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sessiongate.core import Distributor, Subscription
 from sessiongate.core.errors import Aborted, ResourceExhausted
-from sessiongate.core.events import Distributor, Subscription
 
 __all__ = ["FanoutDistributor"]
 

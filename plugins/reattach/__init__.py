@@ -2,51 +2,60 @@
 
 Off by default (``plugins.reattach.enabled``). With it on:
 
-* the gateway's instance id is persisted in ``state_dir/instance-id``, so worker
-  socket paths (derived from it and the session id) are the same after a restart;
+* the gateway's instance id is persisted in ``state_dir/instance-id`` and names the
+  worker sockets (``sg_worker_endpoint``), so they are the same after a restart;
 * every Ready session is written to the adoption manifest
   (``state_dir/reattach.sqlite3``: id, worker pid and start time, socket, owner,
   tag, backend, the nonce's digest) and removed when it closes or faults;
-* workers outlive a lost gateway: they keep serving their backend, keep their
-  newest events (as many as ``plugins.fanout.replay_buffer_capacity``), phone home
-  with bounded backoff, and exit after ``max_orphan_lifetime_seconds`` unadopted;
-* on startup, before any client call, the gateway re-opens each manifest entry's
-  socket and waits up to ``adoption_window_seconds`` for its worker's adopt frame
-  (nonce checked in constant time against the digest); an adopted session is
-  READY again with its id, owner and tag, its replay ring rebuilt from the
-  worker's buffer, its sequence continuing;
-* a graceful shutdown (SIGTERM) leaves the workers running for the next instance.
+* workers outlive a lost gateway (``sg_worker_options``): they keep serving their
+  backend, keep their newest ``worker_history_events`` events, phone home with
+  bounded backoff, and exit after ``max_orphan_lifetime_seconds`` unadopted;
+* on startup, before any client call, each manifest entry's worker is adopted
+  (``GatewayAPI.adopt_session``) if it phones home within
+  ``adoption_window_seconds``: the session is READY again with its id, owner and
+  tag, its event log rebuilt from the worker's record, its sequence continuing;
+* a graceful shutdown (SIGTERM) leaves the workers running for the next instance
+  (``sg_worker_release``).
 
 Entries not adopted are removed; their workers are stopped only when provably
-ours (core's terminator). See docs/plugins/reattach.md.
+ours (core checks). See docs/plugins/reattach.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
+import pathlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import psutil
+from sessiongate.core import (
+    Setting,
+    StashKey,
+    hookimpl,
+    non_negative_int,
+    positive_number,
+    worker_socket_path,
+)
+from sessiongate.v1 import gateway_pb2
 
-from sessiongate.core import hookimpl, protocol, terminator
-from sessiongate.core.settings import Setting, positive_number
-
-from .manifest import Entry, Manifest
+from .manifest import Manifest
 
 if TYPE_CHECKING:
-    from sessiongate.core.gateway import Gateway
-    from sessiongate.core.session import Session
-    from sessiongate.core.settings import Settings
+    from sessiongate.core import AdoptionRecord, GatewayAPI, Session, Settings
+    from sessiongate.v1 import worker_pb2
 
 log = logging.getLogger("sessiongate.plugins.reattach")
 
 INSTANCE_FILE = "instance-id"
-MANIFEST_KEY = "reattach.manifest"
+#: this gateway's persistent instance id and its open manifest
+INSTANCE: StashKey[str] = StashKey("reattach.instance")
+MANIFEST: StashKey[Manifest] = StashKey("reattach.manifest")
+#: per adopted session: its adopt frame's counts; history chunks received so far
+ADOPTED: StashKey[dict[str, int]] = StashKey("reattach.adopted")
+HISTORY_CHUNKS: StashKey[int] = StashKey("reattach.history")
 
 
 @hookimpl
@@ -58,10 +67,14 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
         positive_number("plugins.reattach.max_orphan_lifetime_seconds",
                         "How long a worker whose gateway is gone keeps running unadopted.",
                         maximum=86400),
+        non_negative_int("plugins.reattach.worker_history_events",
+                         "Newest events each worker keeps to hand to the gateway that adopts "
+                         "it (the resumable history after a restart; 0: none).",
+                         maximum=1_000_000),
     ]
 
 
-def _instance_id(state_dir: Any) -> str:
+def _instance_id(state_dir: pathlib.Path) -> str:
     path = state_dir / INSTANCE_FILE
     try:
         value = path.read_text().strip()
@@ -76,15 +89,11 @@ def _instance_id(state_dir: Any) -> str:
     return value
 
 
-def _manifest(session: Session) -> Manifest | None:
-    return session.attributes["gateway"].attributes.get(MANIFEST_KEY)
-
-
 @hookimpl
-async def sg_startup(gateway: Gateway) -> None:
-    gateway.instance_id = _instance_id(gateway.state_dir)
+async def sg_startup(gateway: GatewayAPI) -> None:
+    gateway.stash[INSTANCE] = _instance_id(gateway.state_dir)
     manifest = await Manifest(gateway.state_dir / "reattach.sqlite3").open()
-    gateway.attributes[MANIFEST_KEY] = manifest
+    gateway.stash[MANIFEST] = manifest
     entries = await manifest.entries()
     if not entries:
         return
@@ -94,74 +103,87 @@ async def sg_startup(gateway: Gateway) -> None:
     log.info("re-adopted %d of %d sessions", sum(results), len(entries))
 
 
-async def _adopt(gateway: Gateway, manifest: Manifest, entry: Entry, window: float) -> bool:
-    proc = terminator.our_worker(entry.pid, entry.create_time, entry.session_id, gateway.home)
-    if proc is None:
-        log.warning("session %s: its worker (pid %d) is gone; not re-adopted",
-                    entry.session_id, entry.pid)
-        await manifest.remove(entry.session_id)
+async def _adopt(gateway: GatewayAPI, manifest: Manifest, record: AdoptionRecord,
+                 window: float) -> bool:
+    session = await gateway.adopt_session(record, window=window, on_frame=_on_frame)
+    if session is None:  # core said why, and stopped the worker if it was ours
+        await manifest.remove(record.session_id)
         return False
-    session = await gateway.sessions.restore(
-        session_id=entry.session_id, owner_key_id=entry.owner_key_id,
-        client_name=entry.client_name, backend=entry.backend, tag=entry.tag,
-        lease_seconds=entry.lease_seconds, socket_path=entry.socket_path,
-        nonce_digest=entry.nonce_digest, pid=entry.pid, create_time=entry.create_time,
-        window=window)
-    if session is None:
-        log.warning("session %s: worker pid %d did not phone home within %g s; stopped",
-                    entry.session_id, entry.pid, window)
-        await manifest.remove(entry.session_id)
-        await terminator.stop_foreign(proc, 0.0)
-        return False
-    adopted = session.attributes.get("adopted", {})
+    adopted = session.stash.get(ADOPTED, {})
     log.info("session %s: re-adopted worker pid %d at sequence %d (%d events dropped while "
-             "orphaned)", session.session_id, entry.pid, session.last_sequence,
+             "orphaned)", session.session_id, record.pid, session.last_sequence,
              adopted.get("dropped_events", 0))
     return True
 
 
+def _on_frame(session: Session, frame: worker_pb2.WorkerFrame) -> None:
+    """An adopted worker's account: its position first, then what it still holds."""
+    kind = frame.WhichOneof("body")
+    if kind == "adopt":
+        adopt = frame.adopt
+        session.stash[ADOPTED] = {"last_sequence": adopt.last_sequence,
+                                  "dropped_events": adopt.dropped_events}
+        reason = (gateway_pb2.WORKER_DISCONNECTED if adopt.dropped_events
+                  else gateway_pb2.GATEWAY_RESTARTED)
+        session.restore_events([], floor=adopt.last_sequence, reason=reason)
+    elif kind == "history" and frame.history.events:
+        history = frame.history
+        events = list(history.events)
+        chunks = session.stash.get(HISTORY_CHUNKS, 0)
+        session.stash[HISTORY_CHUNKS] = chunks + 1
+        floor = events[0].sequence - 1
+        reason = (gateway_pb2.WORKER_DISCONNECTED
+                  if history.first_unsent and history.first_unsent <= floor
+                  else gateway_pb2.EVICTED)
+        session.restore_events(events, floor=floor if chunks == 0 else None, reason=reason)
+
+
 @hookimpl
-async def sg_shutdown(gateway: Gateway) -> None:
-    manifest = gateway.attributes.pop(MANIFEST_KEY, None)
+async def sg_shutdown(gateway: GatewayAPI) -> None:
+    manifest = gateway.stash.pop(MANIFEST, None)
     if manifest is not None:
         await manifest.close()
 
 
 @hookimpl
-def sg_worker_launch(session: Session, argv: list[str], env: dict[str, str]) -> None:
-    settings = session.attributes["gateway"].settings
-    options = json.loads(env.get(protocol.OPTIONS_ENV) or "{}")
-    options["orphan_lifetime"] = float(settings.plugins.reattach.max_orphan_lifetime_seconds)
-    fanout = settings.get("plugins.fanout") or {}
-    if fanout.get("enabled"):
-        options["history"] = int(fanout.get("replay_buffer_capacity", 0))
-    env[protocol.OPTIONS_ENV] = json.dumps(options)
+def sg_worker_endpoint(gateway: GatewayAPI, session: Session, runtime_dir: str) -> str | None:
+    """Named by the persistent instance id: the same socket after a restart."""
+    instance = gateway.stash.get(INSTANCE)
+    if instance is None:
+        return None  # not started: core's per-process name
+    return worker_socket_path(runtime_dir, instance, session.session_id)
 
 
 @hookimpl
-async def sg_session_opened(session: Session) -> None:
-    manifest, worker = _manifest(session), session.worker
-    if manifest is None or worker is None or not worker.pid:
-        return
-    try:
-        create_time = psutil.Process(worker.pid).create_time()
-    except psutil.Error:
-        return  # already gone: the session is faulting
-    await manifest.put(Entry(
-        session_id=session.session_id, pid=worker.pid, create_time=create_time,
-        socket_path=worker.socket_path, owner_key_id=session.owner_key_id, tag=session.tag,
-        backend=session.backend, client_name=session.client_name,
-        lease_seconds=session.lease_seconds, nonce_digest=worker.nonce_digest))
+def sg_worker_options(gateway: GatewayAPI) -> Mapping[str, Any]:
+    reattach = gateway.settings.plugins.reattach
+    return {"orphan_lifetime": float(reattach.max_orphan_lifetime_seconds),
+            "history": int(reattach.worker_history_events)}
+
+
+async def _record(gateway: GatewayAPI, session: Session) -> None:
+    manifest, record = gateway.stash.get(MANIFEST), gateway.adoption_record(session)
+    if manifest is not None and record is not None:
+        await manifest.put(record)
 
 
 @hookimpl
-async def sg_session_closed(session: Session, reason: str) -> None:
-    manifest = _manifest(session)
-    if manifest is not None and not session.attributes.get("released"):
+async def sg_session_opened(gateway: GatewayAPI, session: Session) -> None:
+    await _record(gateway, session)
+
+
+@hookimpl
+async def sg_session_adopted(gateway: GatewayAPI, session: Session) -> None:
+    await _record(gateway, session)  # the nonce rotated at adoption: its new digest
+
+
+@hookimpl
+async def sg_session_closed(gateway: GatewayAPI, session: Session) -> None:
+    manifest = gateway.stash.get(MANIFEST)
+    if manifest is not None:
         await manifest.remove(session.session_id)
 
 
 @hookimpl
-def sg_worker_release(session: Session) -> bool | None:
-    worker = session.worker
-    return True if worker is not None and worker.pid and not worker.lost_reason else None
+def sg_worker_release(session: Session) -> bool:
+    return True  # asked only for sessions whose worker is alive

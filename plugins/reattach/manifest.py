@@ -1,7 +1,8 @@
 """The adoption manifest: what a restarted gateway needs to re-adopt each worker.
 
 One row per live session, in ``state_dir/reattach.sqlite3`` (WAL, so a crashed
-gateway's committed rows survive). The session's nonce is stored only as its
+gateway's committed rows survive): core's
+:class:`~sessiongate.core.AdoptionRecord`. The session's nonce is stored only as its
 SHA-256 digest.
 """
 
@@ -10,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from sessiongate.core.storage import SqliteStore
+from sessiongate.core import AdoptionRecord, SqliteStore
 
-__all__ = ["Entry", "Manifest"]
+__all__ = ["Manifest"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS workers (
@@ -29,38 +30,23 @@ CREATE TABLE IF NOT EXISTS workers (
     written_at    REAL NOT NULL
 );
 """
-FIELDS = ("session_id", "pid", "create_time", "socket_path", "owner_key_id", "tag", "backend",
-          "client_name", "lease_seconds", "nonce_digest")
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    session_id: str
-    pid: int
-    create_time: float
-    socket_path: str
-    owner_key_id: str
-    tag: str
-    backend: str
-    client_name: str
-    lease_seconds: float
-    nonce_digest: bytes
+FIELDS = tuple(f.name for f in dataclasses.fields(AdoptionRecord))
 
 
 class Manifest(SqliteStore):
     SCHEMA = SCHEMA
 
-    async def entries(self) -> list[Entry]:
+    async def entries(self) -> list[AdoptionRecord]:
         rows = await self.db.execute_fetchall(
             f"SELECT {', '.join(FIELDS)} FROM workers ORDER BY written_at")
-        return [Entry(*row) for row in rows]
+        return [AdoptionRecord(*row) for row in rows]
 
-    async def put(self, entry: Entry) -> None:
+    async def put(self, record: AdoptionRecord) -> None:
         # one statement: atomic in autocommit mode, no transaction spans an await
         await self.db.execute(
             f"INSERT OR REPLACE INTO workers ({', '.join(FIELDS)}, written_at) "
             f"VALUES ({', '.join('?' * (len(FIELDS) + 1))})",
-            (*dataclasses.astuple(entry), time.time()))
+            (*dataclasses.astuple(record), time.time()))
 
     async def remove(self, session_id: str) -> None:
         await self.db.execute("DELETE FROM workers WHERE session_id = ?", (session_id,))

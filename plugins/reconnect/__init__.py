@@ -22,18 +22,15 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sessiongate.core import hookimpl
-from sessiongate.core.session import SessionState
-from sessiongate.core.settings import Setting, positive_number
+from sessiongate.core import SessionState, Setting, StashKey, hookimpl, positive_number
 
 if TYPE_CHECKING:
-    from sessiongate.core.events import Subscription
-    from sessiongate.core.session import Session
-    from sessiongate.core.settings import Settings
+    from sessiongate.core import GatewayAPI, Session, Settings, Subscription
 
 log = logging.getLogger("sessiongate.plugins.reconnect")
 
-GRACE_TASK = "reconnect.grace"
+#: the session's detach-grace timer, while it is DETACHED
+GRACE_TASK: StashKey[asyncio.Task[None]] = StashKey("reconnect.grace")
 #: detach reasons that do not mean "the subscriber went away"
 NOT_A_DROP = frozenset({"session ended", "replaced"})
 
@@ -57,34 +54,29 @@ def sg_replay_supported(session: Session) -> bool | None:
     return True if dist is not None and dist.supports_replay else None
 
 
-def _attached(session: Session) -> bool:
-    dist = session.distributor
-    return dist is not None and any(s.keeps_alive for s in dist.subscriptions)
-
-
 @hookimpl
 def sg_subscriber_attached(session: Session, subscription: Subscription) -> None:
     if subscription.keeps_alive and session.state == SessionState.DETACHED:
-        task = session.attributes.pop(GRACE_TASK, None)
+        task = session.stash.pop(GRACE_TASK, None)
         if task is not None:
             task.cancel()
         session.transition(SessionState.READY, "subscriber resumed")
 
 
 @hookimpl
-def sg_subscriber_detached(session: Session, subscription: Subscription, reason: str) -> None:
+def sg_subscriber_detached(gateway: GatewayAPI, session: Session, subscription: Subscription,
+                           reason: str) -> None:
     if (reason in NOT_A_DROP or not subscription.keeps_alive
-            or session.state != SessionState.READY or _attached(session)):
+            or session.state != SessionState.READY or session.kept_alive()):
         return
-    gateway = session.attributes["gateway"]
     grace = float(gateway.settings.plugins.reconnect.detach_grace_seconds)
     session.transition(SessionState.DETACHED, f"last subscriber gone ({reason}); "
                        f"waiting {grace:g} s for a resume")
-    session.attributes[GRACE_TASK] = session.spawn(_grace(session, grace), "detach-grace")
+    session.stash[GRACE_TASK] = session.spawn(_grace(gateway, session, grace), "detach-grace")
 
 
-async def _grace(session: Session, grace: float) -> None:
+async def _grace(gateway: GatewayAPI, session: Session, grace: float) -> None:
     await asyncio.sleep(grace)
     if session.state == SessionState.DETACHED:
-        session.attributes.pop(GRACE_TASK, None)
-        await session.attributes["gateway"].sessions.close(session, "detach grace expired")
+        session.stash.pop(GRACE_TASK, None)
+        await gateway.close_session(session, "detach grace expired")

@@ -1,4 +1,4 @@
-"""Fixtures shared by core's tests (the gateway fixtures come from sessiongate.core.testing)."""
+"""Fixtures shared by core's tests (the gateway fixtures come from sessiongate.testing)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sessiongate.core import hookimpl
 
 #: runs in place of the worker: blocks until the test opens the FIFO, then becomes it
 _HOLD = ("import os, sys; os.close(os.open(sys.argv[1], os.O_RDONLY)); "
-         "os.execv(sys.executable, [sys.executable, '-m', 'sessiongate.core.workerproc'])")
+         "os.execv(sys.executable, [sys.executable, '-m', 'sessiongate.core.sdk'])")
 
 
 class HoldWorkers:

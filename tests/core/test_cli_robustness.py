@@ -22,7 +22,7 @@ import tomllib
 import grpc
 import pytest
 
-from sessiongate.core.testing import write_config
+from sessiongate.testing import write_config
 from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sessiongate.core.events import MAX_HOLES, Distributor, EventLog, Gap, Subscription
+from sessiongate.core.streaming.events import MAX_HOLES, Distributor, EventLog, Gap, Subscription
 from sessiongate.v1 import gateway_pb2
 from sessiongate.v1.gateway_pb2 import Event
 
@@ -35,6 +35,15 @@ def filled(retain: int, first: int, last: int, **kw: Any) -> EventLog:
     log = EventLog(retain, **kw)
     log.append(events(first, last))
     log.trim(log.replay_start())
+    return log
+
+
+def with_a_hole(retain: int) -> EventLog:
+    """Events 1..3, then a worker hole (4..7 lost), then 8 and 9; nothing trimmed yet."""
+    log = EventLog(retain)
+    log.append(events(1, 3))
+    log.add_hole(Gap(3, 8, WORKER_DISCONNECTED))
+    log.append(events(8, 9))
     return log
 
 
@@ -179,10 +188,7 @@ def test_a_lower_floor_set_later_wins():
 
 
 def test_worker_hole_inside_the_retained_range():
-    log = EventLog(20)
-    log.append(events(1, 3))
-    log.add_hole(Gap(3, 8, WORKER_DISCONNECTED))
-    log.append(events(8, 9))
+    log = with_a_hole(retain=20)
     assert log.holes == {3: Gap(3, 8, WORKER_DISCONNECTED)}
     assert log.locate(1) == (1, None)  # the reader meets the hole in place
     assert log.locate(3) == (3, Gap(3, 8, WORKER_DISCONNECTED))
@@ -191,10 +197,7 @@ def test_worker_hole_inside_the_retained_range():
 
 
 def test_a_hole_at_the_oldest_retained_event_names_eviction_or_the_hole():
-    log = EventLog(2)
-    log.append(events(1, 3))
-    log.add_hole(Gap(3, 8, WORKER_DISCONNECTED))
-    log.append(events(8, 9))
+    log = with_a_hole(retain=2)
     log.trim(log.replay_start())
     assert seqs(log.read(log.start, 10)) == [8, 9] and log.holes == {
         3: Gap(3, 8, WORKER_DISCONNECTED)}
@@ -367,8 +370,8 @@ async def test_resume_reads_a_worker_hole_in_place_and_a_cursor_inside_it_gets_i
 def test_a_passed_through_event_keeps_its_sequence_and_bytes(sequence):
     """The gateway reads an encoded event's sequence without decoding it, and hands
     subscribers the worker's bytes unchanged."""
-    from sessiongate.core.events import wire_from_bodies
     from sessiongate.core.protocol import sequence_of
+    from sessiongate.core.streaming.events import wire_from_bodies
 
     event = Event(sequence=sequence, kind="k", payload=b"p" * 5000)
     body = event.SerializeToString()

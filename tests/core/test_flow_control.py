@@ -15,8 +15,8 @@ import sys
 import grpc
 import pytest
 
-from sessiongate.core.testing import stream_end, wait_for
-from sessiongate.core.worker import MAX_UNSENT_EVENTS
+from sessiongate.core.sdk.worker import MAX_UNSENT_EVENTS
+from sessiongate.testing import open_streaming, stream_end, wait_for
 from sessiongate.v1 import gateway_pb2
 
 pytestmark = pytest.mark.asyncio
@@ -86,9 +86,7 @@ async def test_cli_stream_prints_a_million_event_burst_whole(make_gateway, tmp_p
 async def test_a_client_slower_than_the_worker_gets_a_million_events(make_gateway):
     gw = await make_gateway()
     client = gw.client()
-    sid = (await client.open(client_name="slow")).session_id
-    call = client.stream(sid)
-    assert (await call.read()).caught_up
+    sid, call = await open_streaming(client, client_name="slow")
     burst = asyncio.ensure_future(
         client.invoke_json(sid, "burst", {"count": MILLION, "size": 100}))
     seqs, gaps = await read_until(call, MILLION, pause=0.002)

@@ -13,7 +13,7 @@ import sys
 import grpc
 import pytest
 
-from sessiongate.core.testing import write_config
+from sessiongate.testing import write_config
 from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
 
 

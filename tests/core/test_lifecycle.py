@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from sessiongate.core import hookimpl
-from sessiongate.core.testing import rpc_error, wait_for
+from sessiongate.testing import rpc_error, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -64,7 +64,7 @@ async def test_an_ended_session_is_remembered_by_its_final_view_only(make_gatewa
     import gc
     import weakref
 
-    from sessiongate.core.session import EndedSession
+    from sessiongate.core.sessions.session import EndedSession
     from sessiongate.v1 import gateway_pb2
 
     gw = await make_gateway()
@@ -85,9 +85,9 @@ async def test_an_ended_session_is_remembered_by_its_final_view_only(make_gatewa
 
 
 async def test_ended_sessions_are_forgotten_by_count_and_age(make_gateway, monkeypatch):
-    from sessiongate.core import gateway as gateway_module
+    from sessiongate.core.sessions import manager as manager_module
 
-    monkeypatch.setattr(gateway_module, "TOMBSTONES", 2)
+    monkeypatch.setattr(manager_module, "TOMBSTONES", 2)
     gw = await make_gateway()
     client = gw.client()
     sids = [(await client.open()).session_id for _ in range(3)]
@@ -95,6 +95,6 @@ async def test_ended_sessions_are_forgotten_by_count_and_age(make_gateway, monke
         await client.close(sid)
     assert list(gw.gateway.sessions.ended) == sids[1:]
     assert (await rpc_error(client.get(sids[0]))).code().name == "NOT_FOUND"
-    monkeypatch.setattr(gateway_module, "TOMBSTONE_SECONDS", 0.0)
+    monkeypatch.setattr(manager_module, "TOMBSTONE_SECONDS", 0.0)
     assert (await rpc_error(client.get(sids[2]))).code().name == "NOT_FOUND"
     assert not gw.gateway.sessions.ended

@@ -14,7 +14,6 @@ same event-loop clock, so no sleep is involved.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from sessiongate.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from sessiongate.core.events import (
+from sessiongate.core.streaming.events import (
     PACE_WINDOW_BYTES,
     PACE_WINDOW_EVENTS,
     Distributor,
@@ -33,6 +32,7 @@ from sessiongate.core.events import (
     Gap,
     Subscription,
 )
+from sessiongate.testing import DistributorHarness
 from sessiongate.v1 import gateway_pb2
 from sessiongate.v1.gateway_pb2 import Event
 
@@ -49,68 +49,11 @@ class Many(Distributor):
     supports_replay = True
 
 
-class Harness:
-    """A distributor, its callbacks recorded, and a well-behaved worker.
+class Harness(DistributorHarness):
+    """Core's distributor (``many=False``) or :class:`Many`, with a ring of ``retain``."""
 
-    ``grants`` are the raw values passed to ``grant`` (how many more events the worker
-    may send beyond those published so far, or None); ``credits`` the same as the
-    worker sees them: the number of events it may have sent in all.
-    """
-
-    def __init__(self, *, capacity: int = 100, policy: str = "disconnect_subscriber",
-                 retain: int = 0, stall_timeout: float = 30.0, many: bool = True) -> None:
-        self.faults: list[str] = []
-        self.released: list[tuple[Subscription, str]] = []
-        self.overflows: list[str] = []
-        self.grants: list[int | None] = []
-        self.credits: list[int | None] = []
-        self.published = 0
-        self._changed = asyncio.Event()
-        self.dist = (Many if many else Distributor)(
-            session_id="s1", capacity=capacity, policy=policy,
-            fault_session=self._fault, on_release=self._release,
-            count_overflow=self.overflows.append, grant=self._grant,
-            stall_timeout=stall_timeout, log=EventLog(retain))
-        self.next_seq = 1
-
-    def _grant(self, more: int | None) -> None:
-        self.grants.append(more)
-        self.credits.append(None if more is None else self.published + more)
-        self._changed.set()
-
-    def _fault(self, reason: str) -> None:
-        self.faults.append(reason)
-        self._changed.set()
-
-    def _release(self, sub: Subscription, reason: str) -> None:
-        self.released.append((sub, reason))
-        self._changed.set()
-
-    def publish(self, n: int, event_bytes: int = 0) -> None:
-        batch = [Event(sequence=s) for s in range(self.next_seq, self.next_seq + n)]
-        self.next_seq += n
-        self.published += n
-        self.dist.publish(batch, n * event_bytes)
-
-    @property
-    def credit(self) -> int | None:
-        return self.credits[-1] if self.credits else None
-
-    def publish_to_grant(self, event_bytes: int = 0) -> None:
-        """What a well-behaved worker does: send everything its credit allows."""
-        assert self.credit is not None
-        n = self.credit - self.published
-        if n > 0:
-            self.publish(n, event_bytes)
-
-    def sub(self, *, after_sequence: int | None = None, **kw: Any) -> Subscription:
-        return self.dist.subscribe(Subscription(**kw), after_sequence=after_sequence)
-
-    async def until(self, done: Callable[[], bool]) -> None:
-        async with asyncio.timeout(10):
-            while not done():
-                self._changed.clear()
-                await self._changed.wait()
+    def __init__(self, *, retain: int = 0, many: bool = True, **kw: Any) -> None:
+        super().__init__(Many if many else Distributor, log=EventLog(retain), **kw)
 
 
 async def witness(seconds: float) -> None:

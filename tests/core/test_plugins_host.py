@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import subprocess
@@ -13,8 +14,16 @@ import pluggy
 import pytest
 
 from sessiongate.core import hookimpl
-from sessiongate.core.plugins import BUILTIN_PLUGINS, load
-from sessiongate.core.testing import enabled_plugins, wait_for, write_config
+from sessiongate.core.config.settings import builtin_plugins
+from sessiongate.core.errors import GatewayError, Internal
+from sessiongate.core.pluginhost.host import (
+    TRACE_ENV,
+    CoreHookError,
+    Hooks,
+    load,
+    make_plugin_manager,
+)
+from sessiongate.testing import enabled_plugins, wait_for, write_config
 from sessiongate.v1 import gateway_pb2
 
 SWITCH = "SESSIONGATE_PLUGINS__{}__ENABLED"
@@ -22,7 +31,7 @@ SWITCH = "SESSIONGATE_PLUGINS__{}__ENABLED"
 #: run in a fresh interpreter: which plugin modules got imported, which are registered
 _PROBE = r"""
 import json, sys
-from sessiongate.core.plugins import load
+from sessiongate.core.pluginhost.host import load
 settings, pm = load(sys.argv[1] if len(sys.argv) > 1 else None)
 print(json.dumps({
     "imported": sorted(m for m in sys.modules if m.startswith("sessiongate.plugins.")),
@@ -60,19 +69,19 @@ ON = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_PLUGINS))
+@pytest.mark.parametrize("name", sorted(builtin_plugins()))
 def test_disabled_plugin_is_never_imported(tmp_path, name):
     seen = _probe(tmp_path, _switches(**OFF[name]))
-    module = BUILTIN_PLUGINS[name]
+    module = builtin_plugins()[name]
     assert not [m for m in seen["imported"] if m == module or m.startswith(module + ".")]
     assert name not in seen["registered"]
     assert "core" in seen["registered"]
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_PLUGINS))
+@pytest.mark.parametrize("name", sorted(builtin_plugins()))
 def test_enabled_plugin_is_registered(tmp_path, name):
     seen = _probe(tmp_path, _switches(**ON[name]))
-    assert BUILTIN_PLUGINS[name] in seen["imported"]
+    assert builtin_plugins()[name] in seen["imported"]
     assert name in seen["registered"]
 
 
@@ -115,7 +124,7 @@ def test_plugins_command_lists_every_plugin_and_its_hooks(tmp_path):
         elif line:
             current = line.split()[0]
             rows[current], hooks[current] = line.split()[1], []
-    assert set(BUILTIN_PLUGINS) <= set(rows)
+    assert set(builtin_plugins()) <= set(rows)
     assert rows["acl"] == "disabled" and hooks["acl"] == []
     assert rows["core"] == "enabled"
     assert "sg_make_distributor" in hooks["core"]
@@ -282,3 +291,92 @@ async def test_lifecycle_hooks_are_called(make_gateway):
     assert ("worker_exited", sid, 5) in observer.events
     closed = [e for e in observer.events if e[0] == "closed"]
     assert len(closed) == 1 and closed[0][1] == sid
+
+
+class Traced:
+    __name__ = "traced"
+
+    @hookimpl
+    def sg_worker_backends(self):
+        return {"traced-backend": "traced.module:Backend"}
+
+
+@pytest.mark.parametrize("trace", [True, False], ids=["traced", "untraced"])
+def test_hook_calls_through_hooks_are_traced(monkeypatch, capsys, trace):
+    """``Hooks`` runs each implementation through pluggy's hook executor (the private
+    ``PluginManager._hookexec``), so ``SESSIONGATE_TRACE_HOOKS=1`` traces its calls."""
+    if trace:
+        monkeypatch.setenv(TRACE_ENV, "1")
+    else:
+        monkeypatch.delenv(TRACE_ENV, raising=False)
+    pm = make_plugin_manager(None, load_entrypoints=False, extra_plugins=(Traced(),))
+    capsys.readouterr()
+    results = Hooks(pm).collect("sg_worker_backends")
+    assert {"traced-backend": "traced.module:Backend"} in results
+    err = capsys.readouterr().err
+    if not trace:
+        assert err == ""
+        return
+    lines = [line.strip() for line in err.splitlines()]
+    # one traced call per implementation (this plugin's, then core's), each with its result
+    assert lines.count("sg_worker_backends [hook]") == 2
+    assert lines.count("finish sg_worker_backends --> [hook]") == 2
+    assert lines.index("traced-backend: traced.module:Backend") < \
+        lines.index("sim: sessiongate.core.sdk.sim:Sim")
+
+
+class Recorder:
+    """Implements one hook of each kind; records every call it gets."""
+
+    __name__ = "recorder"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def sg_session_opened(self, session):
+        self.calls.append("sg_session_opened")
+
+    @hookimpl
+    def sg_replay_supported(self, session):
+        self.calls.append("sg_replay_supported")
+        return True
+
+    @hookimpl
+    def sg_session_open(self, session, identity):
+        self.calls.append("sg_session_open")
+
+
+#: how core calls each kind of hook, with an argument its spec declares left out
+WRONG_CALLS = {
+    "notify": ("sg_session_opened", lambda hooks: hooks.notify("sg_session_opened")),
+    "collect": ("sg_session_opened", lambda hooks: hooks.collect("sg_session_opened")),
+    "decide": ("sg_replay_supported", lambda hooks: hooks.decide("sg_replay_supported")),
+    "veto": ("sg_session_open", lambda hooks: hooks.veto("sg_session_open", session=object())),
+}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", sorted(WRONG_CALLS))
+async def test_a_hook_called_without_a_spec_argument_is_cores_error(caplog, kind):
+    """Core calling a hook without an argument the spec declares is core's bug: an
+    INTERNAL ``CoreHookError``, logged as such, never blamed on a plugin."""
+    recorder = Recorder()
+    pm = make_plugin_manager(None, load_entrypoints=False, extra_plugins=(recorder,))
+    hooks = Hooks(pm)
+    assert hooks.collect("sg_worker_backends")  # a hook without arguments is fine
+    hook, call = WRONG_CALLS[kind]
+    caplog.clear()
+    with pytest.raises(CoreHookError) as info:
+        result = call(hooks)
+        if inspect.isawaitable(result):
+            await result
+    error = info.value
+    assert isinstance(error, GatewayError) and isinstance(error, Internal)
+    assert error.code == "INTERNAL"
+    assert f"internal error calling {hook}" in error.message
+    assert recorder.calls == []  # the implementation never ran
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"core called {hook} with the wrong arguments" in m for m in messages), messages
+    assert not [m for m in messages if "plugin" in m and ("failed" in m or "refused" in m)], \
+        messages

@@ -21,30 +21,28 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable
+from typing import Any
 
 import grpc
 import psutil
 import pytest
 
+from sessiongate.client import GatewayClient
 from sessiongate.core import hookimpl
-from sessiongate.core.client import GatewayClient
-from sessiongate.core.testing import stream_end, wait_for, write_config
+from sessiongate.testing import open_streaming, rpc_error, stream_end, write_config
 from sessiongate.v1 import gateway_pb2
+
+from .helpers import FakeWorkers, command_in_flight, stall_settings
 
 EXIT = 60  # seconds a failing `serve` may take to exit before the test fails (never reached)
 ENDED = 30  # seconds a test waits for a session to end before failing (never reached)
 SETTING = "workers.max_frame_bytes"
 
 
-async def _error(awaitable) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as exc:
-        await awaitable
-    return exc.value
-
-
 def _workers(pid: int) -> list[psutil.Process]:
     return [p for p in psutil.Process(pid).children(recursive=True)
-            if "sessiongate.core.workerproc" in p.cmdline()]
+            if "sessiongate.core.sdk" in p.cmdline()]
 
 
 def _serve_until_it_exits(config: pathlib.Path, cwd: pathlib.Path) -> tuple[int, str, str]:
@@ -151,21 +149,26 @@ def _names_the_limit(details: str, limit: int) -> bool:
     return f"{SETTING} = {limit}" in details and re.search(r"\d+ bytes", details) is not None
 
 
+async def _refused_as_too_large(call: Awaitable[Any], limit: int) -> str:
+    """``call`` fails RESOURCE_EXHAUSTED, naming the frame limit and a size; its details."""
+    error = await rpc_error(call)
+    details = error.details()
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, details
+    assert _names_the_limit(details, limit), details
+    return details
+
+
 @pytest.mark.asyncio
 async def test_a_write_whose_event_is_too_large_fails_alone(make_gateway):
     gw = await make_gateway()
-    limit = int(gw.settings.workers.max_frame_bytes)
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
+    sid, call = await open_streaming(client)
     session = gw.gateway.sessions.live[sid]
-    call = client.stream(sid)
-    assert (await call.read()).caught_up
     # 2 MB of non-ASCII text: 6 MB once the event's payload is JSON
     payload = json.dumps({"tag": "t", "value": "é" * 1_000_000}, ensure_ascii=False).encode()
-    error = await _error(client.invoke(sid, "write", payload))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
-    assert _names_the_limit(error.details(), limit), error.details()
-    assert "data_change" in error.details()
+    details = await _refused_as_too_large(client.invoke(sid, "write", payload),
+                                          int(gw.settings.workers.max_frame_bytes))
+    assert "data_change" in details
     # the session lives on; the refused write stored nothing and took no sequence
     assert session.state == "READY"
     assert await client.invoke_json(sid, "read", {"tag": "t"}) == {"tag": "t", "value": None}
@@ -177,15 +180,12 @@ async def test_a_write_whose_event_is_too_large_fails_alone(make_gateway):
 @pytest.mark.asyncio
 async def test_a_burst_event_too_large_fails_alone(make_gateway):
     gw = await make_gateway()
-    limit = int(gw.settings.workers.max_frame_bytes)
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
-    call = client.stream(sid)
-    assert (await call.read()).caught_up
-    error = await _error(client.invoke(sid, "burst", b'{"count": 1, "size": 5000000}'))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
-    assert _names_the_limit(error.details(), limit), error.details()
-    assert "5000000" in error.details()
+    sid, call = await open_streaming(client)
+    details = await _refused_as_too_large(
+        client.invoke(sid, "burst", b'{"count": 1, "size": 5000000}'),
+        int(gw.settings.workers.max_frame_bytes))
+    assert "5000000" in details
     assert gw.gateway.sessions.live[sid].state == "READY"
     assert await client.invoke_json(sid, "burst", {"count": 3, "size": 10}) == {"emitted": 3}
     seqs: list[int] = []
@@ -202,10 +202,8 @@ async def test_a_command_too_large_for_a_frame_is_refused_before_it_is_sent(make
     client = gw.client()
     sid = (await client.open(client_name="x")).session_id
     worker = psutil.Process(gw.gateway.sessions.live[sid].worker.pid)
-    error = await _error(client.invoke(sid, "echo", b"x" * 2_000_000))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
-    assert _names_the_limit(error.details(), limit), error.details()
-    assert "2000000" in error.details() and "'echo'" in error.details()
+    details = await _refused_as_too_large(client.invoke(sid, "echo", b"x" * 2_000_000), limit)
+    assert "2000000" in details and "'echo'" in details
     # the worker never saw it: same process, same session, still serving
     assert worker.is_running()
     assert gw.gateway.sessions.live[sid].state == "READY"
@@ -217,9 +215,7 @@ async def test_a_command_too_large_for_a_frame_is_refused_before_it_is_sent(make
 async def test_events_in_a_batch_respect_a_small_frame_limit(make_gateway, size):
     gw = await make_gateway(**{SETTING: 1024})
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
-    call = client.stream(sid)
-    assert (await call.read()).caught_up
+    sid, call = await open_streaming(client)
     assert await client.invoke_json(sid, "burst", {"count": 200, "size": size}) == \
         {"emitted": 200}
     seqs: list[int] = []
@@ -231,7 +227,7 @@ async def test_events_in_a_batch_respect_a_small_frame_limit(make_gateway, size)
 
 
 _BIG_BACKEND = '''
-from sessiongate.core.worker import Backend, command
+from sessiongate.core.sdk.worker import Backend, command
 
 
 class Big(Backend):
@@ -268,17 +264,24 @@ class BigBackend:
             p for p in (str(self.folder), env.get("PYTHONPATH", "")) if p)
 
 
+async def _open_on_big_backend(make_gateway: Any, folder: pathlib.Path,
+                               limit: int) -> tuple[Any, Any, str]:
+    """A gateway with the ``big`` backend and a frame limit of ``limit``, a client, and a
+    session on that backend: ``(gateway, client, session id)``."""
+    gw = await make_gateway(extra_plugins=(BigBackend(folder),), **{SETTING: limit})
+    client = gw.client()
+    sid = (await client.open(client_name="x", backend="big")).session_id
+    return gw, client, sid
+
+
 @pytest.mark.asyncio
 async def test_a_reply_too_large_fails_alone(make_gateway, tmp_path):
     limit = 65536
-    gw = await make_gateway(extra_plugins=(BigBackend(tmp_path),), **{SETTING: limit})
-    client = gw.client()
-    sid = (await client.open(client_name="x", backend="big")).session_id
+    gw, client, sid = await _open_on_big_backend(make_gateway, tmp_path, limit)
     worker = psutil.Process(gw.gateway.sessions.live[sid].worker.pid)
-    error = await _error(client.invoke_json(sid, "reply", {"size": 100_000}))
-    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
-    assert _names_the_limit(error.details(), limit), error.details()
-    assert "reply" in error.details() and "100002" in error.details()
+    details = await _refused_as_too_large(client.invoke_json(sid, "reply", {"size": 100_000}),
+                                          limit)
+    assert "reply" in details and "100002" in details
     assert worker.is_running()
     assert gw.gateway.sessions.live[sid].state == "READY"
     assert await client.invoke_json(sid, "reply", {"size": 10}) == "x" * 10
@@ -287,9 +290,7 @@ async def test_a_reply_too_large_fails_alone(make_gateway, tmp_path):
 @pytest.mark.asyncio
 async def test_emit_refuses_an_event_too_large_and_the_backend_sees_it(make_gateway, tmp_path):
     limit = 65536
-    gw = await make_gateway(extra_plugins=(BigBackend(tmp_path),), **{SETTING: limit})
-    client = gw.client()
-    sid = (await client.open(client_name="x", backend="big")).session_id
+    gw, client, sid = await _open_on_big_backend(make_gateway, tmp_path, limit)
     call = client.stream(sid)
     assert (await call.read()).caught_up
     refused = await client.invoke_json(sid, "try_emit", {"size": limit})
@@ -304,62 +305,17 @@ async def test_emit_refuses_an_event_too_large_and_the_backend_sees_it(make_gate
     call.cancel()
 
 
-# The gateway still refuses a frame over the limit from a worker that does not use the SDK.
-_OVERSIZED_WORKER = r"""
-import os, socket, struct, sys
-from sessiongate.core import protocol
-from sessiongate.v1 import worker_pb2
-
-env = os.environ
-nonce = protocol.read_nonce(0)  # from stdin, when the gateway needs us, like a real worker
-sock = socket.socket(socket.AF_UNIX)
-sock.connect(env[protocol.SOCKET_ENV])
-
-def exactly(n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            sys.exit(0)
-        data += chunk
-    return data
-
-def recv():
-    (size,) = struct.unpack(">I", exactly(4))
-    frame = worker_pb2.WorkerFrame()
-    frame.ParseFromString(exactly(size))
-    return frame
-
-sock.sendall(protocol.encode(worker_pb2.WorkerFrame(hello=worker_pb2.Hello(
-    protocol_version=protocol.PROTOCOL_VERSION, session_id=env[protocol.SESSION_ENV],
-    nonce=nonce, pid=os.getpid(), backend="fake"))))
-assert recv().WhichOneof("body") == "welcome"
-sock.sendall(protocol.encode(worker_pb2.WorkerFrame(ready=worker_pb2.Ready())))
-while recv().WhichOneof("body") != "command":
-    pass
-sock.sendall(struct.pack(">I", int(env[protocol.MAX_FRAME_ENV]) + 1))
-while True:
-    recv()  # until the gateway hangs up
-"""
-
-
-class OversizedWorkers:
-    __name__ = "oversized-workers"
-
-    @hookimpl
-    def sg_worker_launch(self, session, argv, env):
-        argv[1:] = ["-c", _OVERSIZED_WORKER]
-
-
 @pytest.mark.asyncio
 async def test_a_frame_over_the_limit_from_a_worker_still_faults_only_its_session(
         make_gateway, caplog):
-    gw = await make_gateway(extra_plugins=(OversizedWorkers(),),
+    """The gateway still refuses a frame over the limit from a worker that does not use
+    the SDK (which would not send one)."""
+    gw = await make_gateway(extra_plugins=(FakeWorkers("oversized"),),
                             **{SETTING: 1024, "workers.spare_workers": 0})
     client = gw.client()
     sid = (await client.open(client_name="x")).session_id
     session = gw.gateway.sessions.live[sid]
-    error = await _error(client.invoke(sid, "anything", b""))
+    error = await rpc_error(client.invoke(sid, "anything", b""))
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "exceeds the limit of 1024 bytes" in error.details()
     await asyncio.wait_for(session.ended.wait(), ENDED)
@@ -436,21 +392,14 @@ async def test_a_gateway_with_a_lower_limit_readopts_without_what_no_longer_fits
 
 @pytest.mark.asyncio
 async def test_a_command_in_flight_when_the_session_faults_names_the_fault(make_gateway):
-    gw = await make_gateway(**{
-        "events.stall_timeout_seconds": 0.5,
-        "events.backpressure_policy": "fail_fast",
-        "plugins.fanout.replay_buffer_capacity": 0,
-    })
+    gw = await make_gateway(**stall_settings("fail_fast"))
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
+    sid, call = await open_streaming(client)
     session = gw.gateway.sessions.live[sid]
-    call = client.stream(sid)
-    assert (await call.read()).caught_up
-    sleeping = asyncio.ensure_future(client.invoke(sid, "sleep", b'{"ms": 60000}'))
-    await wait_for(lambda: len(session.worker._pending) == 1)
+    sleeping = await command_in_flight(client, session)
     # the stream reads nothing more: the stall timeout faults the session
-    burst = await _error(client.invoke(sid, "burst", b'{"count": 200000, "size": 100}'))
-    sleep = await _error(sleeping)
+    burst = await rpc_error(client.invoke(sid, "burst", b'{"count": 200000, "size": 100}'))
+    sleep = await rpc_error(sleeping)
     ends = [(burst.code(), burst.details()), (sleep.code(), sleep.details()),
             await stream_end(call)]
     for code, details in ends:
@@ -466,10 +415,9 @@ async def test_a_command_in_flight_at_shutdown_names_the_shutdown(make_gateway):
     client = gw.client()
     sid = (await client.open(client_name="x")).session_id
     session = gw.gateway.sessions.live[sid]
-    sleeping = asyncio.ensure_future(client.invoke(sid, "sleep", b'{"ms": 60000}'))
-    await wait_for(lambda: len(session.worker._pending) == 1)
+    sleeping = await command_in_flight(client, session)
     stopping = asyncio.ensure_future(gw.server.stop())
-    error = await _error(sleeping)
+    error = await rpc_error(sleeping)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "gateway shutting down" in error.details(), error.details()
     assert "worker exited" not in error.details()

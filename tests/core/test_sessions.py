@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from sessiongate.core.testing import wait_for
+from sessiongate.testing import open_streaming, wait_for
 from sessiongate.v1 import gateway_pb2
 
 ENDED = 30
@@ -69,9 +69,7 @@ async def test_session_info_and_lifecycle(make_gateway, caplog):
 async def test_close_ends_the_stream_ok_after_its_backlog(make_gateway):
     gw = await make_gateway()
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
-    call = client.stream(sid)
-    assert (await call.read()).caught_up
+    sid, call = await open_streaming(client)
     for value in range(3):
         await client.invoke_json(sid, "write", {"tag": "t", "value": value})
     await client.close(sid)
@@ -174,9 +172,7 @@ async def test_concurrent_opens_respect_max_sessions(make_gateway):
 async def test_sequences_are_contiguous_across_batches(make_gateway):
     gw = await make_gateway()
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
-    call = client.stream(sid, max_batch=7)
-    assert (await call.read()).caught_up
+    sid, call = await open_streaming(client, max_batch=7)
     await client.invoke_json(sid, "burst", {"count": 3000, "size": 3})
     await client.invoke_json(sid, "write", {"tag": "last", "value": True})
     seen: list[int] = []

@@ -14,8 +14,7 @@ import tomllib
 import pytest
 
 from sessiongate.core import hookimpl
-from sessiongate.core.plugins import load
-from sessiongate.core.settings import (
+from sessiongate.core.config.settings import (
     SettingsError,
     core_settings,
     defaults_path,
@@ -24,7 +23,8 @@ from sessiongate.core.settings import (
     positive_int,
     redacted,
 )
-from sessiongate.core.testing import write_config
+from sessiongate.core.pluginhost.host import load
+from sessiongate.testing import write_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -4,7 +4,7 @@
 Random TOML documents (the shipped keys, tables where values belong, values where
 tables belong, misspelt plugins, nan/inf/huge numbers, dynaconf's ``@`` markers, broken
 syntax, bytes that are not UTF-8) and random ``SESSIONGATE_*`` variables. Most examples
-run the CLI's own entry point in-process (``sessiongate.core.cli.main``, exactly what
+run the CLI's own entry point in-process (``sessiongate.core.cli.commands.main``, exactly what
 ``python -m sessiongate`` calls); a handful run the real command in a child process.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import pathlib
@@ -26,8 +25,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from sessiongate.core.cli import main
-from sessiongate.core.settings import defaults_path, flatten
+from sessiongate.core.cli.commands import main
+from sessiongate.core.config.settings import defaults_path, flatten
+from sessiongate.testing import toml_key, toml_value
 
 with open(defaults_path(), "rb") as _fh:
     SHIPPED: dict[str, Any] = flatten(tomllib.load(_fh))
@@ -76,25 +76,6 @@ KEY = st.one_of(st.sampled_from(KEYS),
                          min_size=1, max_size=3).map(".".join))
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k, ensure_ascii=False)} = {_toml_value(v)}"
-                               for k, v in value.items()) + "}"
-    return value.isoformat()  # a date
-
-
-def _toml_key(key: str) -> str:
-    return ".".join(json.dumps(part, ensure_ascii=False) for part in key.split("."))
-
-
 @st.composite
 def documents(draw: st.DrawFn) -> bytes:
     """Mostly valid TOML with hostile content; sometimes broken text or bytes."""
@@ -108,7 +89,7 @@ def documents(draw: st.DrawFn) -> bytes:
                 s.startswith(key + ".") for s in seen):
             continue
         seen.add(key)
-        lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        lines.append(f"{toml_key(key)} = {toml_value(value)}")
     text = "\n".join(lines) + "\n"
     mode = draw(st.sampled_from(["toml"] * 6 + ["cut", "insert", "bytes"]))
     if mode == "cut" and text:

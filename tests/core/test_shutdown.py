@@ -16,8 +16,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from sessiongate.core.client import GatewayClient
-from sessiongate.core.testing import enabled_plugins, stream_end, write_config
+from sessiongate.client import GatewayClient
+from sessiongate.testing import enabled_plugins, open_streaming, stream_end, write_config
 from sessiongate.v1 import gateway_pb2
 
 pytestmark = pytest.mark.matrix  # shutdown releases workers instead under reattach
@@ -29,7 +29,7 @@ async def _stream_end(call) -> grpc.StatusCode:
 
 def _workers(pid: int) -> list[psutil.Process]:
     return [p for p in psutil.Process(pid).children(recursive=True)
-            if "sessiongate.core.workerproc" in p.cmdline()]
+            if "sessiongate.core.sdk" in p.cmdline()]
 
 
 @pytest.mark.asyncio
@@ -65,10 +65,8 @@ async def test_signal_with_an_active_stream(gateway_process, sig):
 async def test_in_process_stop_ends_streams_unavailable(make_gateway):
     gw = await make_gateway()
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
+    sid, call = await open_streaming(client)
     worker = psutil.Process(gw.gateway.sessions.live[sid].worker.pid)
-    call = client.stream(sid)
-    assert (await call.read()).caught_up
     stopping = asyncio.ensure_future(gw.server.stop())
     assert await _stream_end(call) == grpc.StatusCode.UNAVAILABLE
     await stopping

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from sessiongate.testing import open_streaming
 from sessiongate.v1 import gateway_pb2
 
 
@@ -36,9 +37,7 @@ async def test_large_events_reach_the_client(make_gateway):
     """4.8 MiB of 16 KiB events: no response may exceed what a gRPC client accepts."""
     gw = await make_gateway()
     client = gw.client()
-    sid = (await client.open(client_name="big")).session_id
-    call = client.stream(sid)
-    assert (await call.read()).caught_up
+    sid, call = await open_streaming(client, client_name="big")
     await client.invoke_json(sid, "burst", {"count": 300, "size": 16384})
     seen = []
     while len(seen) < 300:
@@ -51,8 +50,8 @@ async def test_large_events_reach_the_client(make_gateway):
 
 @pytest.mark.asyncio
 async def test_an_oversized_batch_is_cut_into_responses_near_the_size_limit():
-    from sessiongate.core.events import Distributor, EventLog, Subscription, to_wire
-    from sessiongate.core.server import MAX_RESPONSE_BYTES, GatewayService
+    from sessiongate.core.rpc.server import MAX_RESPONSE_BYTES, GatewayService
+    from sessiongate.core.streaming.events import Distributor, EventLog, Subscription, to_wire
 
     class Replaying(Distributor):
         supports_replay = True

@@ -9,7 +9,7 @@ import pytest
 
 from sessiongate.core import hookimpl
 from sessiongate.core.errors import PermissionDenied
-from sessiongate.core.testing import wait_for
+from sessiongate.testing import wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -29,8 +29,8 @@ async def test_a_refused_open_never_hands_its_spare_to_the_next_client(make_gate
     deny = DenyList()
     gw = await make_gateway(extra_plugins=(deny,), **{"workers.spare_workers": 1})
     manager = gw.gateway.sessions
-    await wait_for(lambda: len(manager._spares) == 1)
-    spare_session, spare_worker = manager._spares[0]
+    await wait_for(lambda: len(manager.spares.ready) == 1)
+    spare_session, spare_worker = manager.spares.ready[0]
     client = gw.client()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await client.open(client_name="denied")
@@ -38,7 +38,7 @@ async def test_a_refused_open_never_hands_its_spare_to_the_next_client(make_gate
     assert deny.refused == [spare_session.session_id]  # the spare was offered, then refused
     info = await client.open(client_name="next")
     assert info.session_id != spare_session.session_id
-    assert manager.live[info.session_id].attributes is not spare_session.attributes
+    assert manager.live[info.session_id].stash is not spare_session.stash
     await wait_for(lambda: spare_worker.returncode is not None)  # the refused spare exited
     assert not psutil.pid_exists(spare_worker.pid) or \
         psutil.Process(spare_worker.pid).status() == psutil.STATUS_ZOMBIE

@@ -14,8 +14,10 @@ import grpc
 import pytest
 
 from sessiongate.core import hookimpl
-from sessiongate.core.testing import stream_end, wait_for
+from sessiongate.testing import open_streaming, stream_end, wait_for
 from sessiongate.v1 import gateway_pb2
+
+from .helpers import command_in_flight, stall_settings
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 
@@ -166,11 +168,9 @@ async def test_authorization_refusal_is_permission_denied(make_gateway):
 async def test_second_subscriber_without_fanout_is_already_exists(make_gateway):
     gw = await make_gateway()
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
-    first = client.stream(sid)
-    assert (await first.read()).caught_up
+    sid, first = await open_streaming(client)
     message = await _stream_fails(client.stream(sid), grpc.StatusCode.ALREADY_EXISTS)
-    assert "fanout" in message
+    assert "already has an event subscriber" in message and "fanout" not in message
     # the first subscriber is untouched
     await client.invoke_json(sid, "write", {"tag": "t", "value": 1})
     response = await first.read()
@@ -228,15 +228,9 @@ async def _stall_until_cut(client, sid: str) -> None:
 
 @pytest.mark.asyncio
 async def test_queue_overflow_under_disconnect_subscriber(make_gateway):
-    gw = await make_gateway(**{
-        "events.stall_timeout_seconds": 0.5,
-        "events.backpressure_policy": "disconnect_subscriber",
-        "plugins.fanout.replay_buffer_capacity": 0,
-    })
+    gw = await make_gateway(**stall_settings("disconnect_subscriber"))
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
-    call = client.stream(sid)
-    assert (await call.read()).caught_up
+    sid, call = await open_streaming(client)
     await _stall_until_cut(client, sid)
     message = await _stream_fails(call, grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert "event queue overflow" in message and "stall_timeout_seconds" in message
@@ -247,15 +241,9 @@ async def test_queue_overflow_under_disconnect_subscriber(make_gateway):
 
 @pytest.mark.asyncio
 async def test_on_overflow_disconnect_overrides_fail_fast(make_gateway):
-    gw = await make_gateway(**{
-        "events.stall_timeout_seconds": 0.5,
-        "events.backpressure_policy": "fail_fast",
-        "plugins.fanout.replay_buffer_capacity": 0,
-    })
+    gw = await make_gateway(**stall_settings("fail_fast"))
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
-    call = client.stream(sid, on_overflow=gateway_pb2.DISCONNECT)
-    assert (await call.read()).caught_up
+    sid, call = await open_streaming(client, on_overflow=gateway_pb2.DISCONNECT)
     await _stall_until_cut(client, sid)
     assert "event queue overflow" in await _stream_fails(call, grpc.StatusCode.RESOURCE_EXHAUSTED)
     assert (await client.get(sid)).state in (gateway_pb2.READY, gateway_pb2.DETACHED)
@@ -336,7 +324,7 @@ async def test_after_sequence_without_reconnect_is_failed_precondition(make_gate
     sid = (await client.open(client_name="x")).session_id
     message = await _stream_fails(client.stream(sid, after_sequence=0),
                                   grpc.StatusCode.FAILED_PRECONDITION)
-    assert "plugins.reconnect.enabled" in message
+    assert "sg_replay_supported" in message and "reconnect" not in message
     # a plain stream still works
     call = client.stream(sid)
     assert (await call.read()).caught_up
@@ -385,13 +373,9 @@ async def test_default_command_timeout_from_settings(make_gateway):
 async def test_worker_crash_is_unavailable(make_gateway):
     gw = await make_gateway()
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
+    sid, call = await open_streaming(client)
     session = gw.gateway.sessions.live[sid]
-    call = client.stream(sid)
-    assert (await call.read()).caught_up
-    pending = asyncio.ensure_future(
-        client.invoke(sid, "sleep", b'{"ms": 60000}', timeout_ms=120_000))
-    await wait_for(lambda: len(session.worker._pending) == 1)
+    pending = await command_in_flight(client, session, timeout_ms=120_000)
     await _fails(client.invoke(sid, "fail", b'{"exit_code": 7}'), grpc.StatusCode.UNAVAILABLE)
     # the command in flight, the stream: all end UNAVAILABLE
     await _fails(pending, grpc.StatusCode.UNAVAILABLE)

@@ -15,9 +15,11 @@ import grpc
 import psutil
 import pytest
 
-from sessiongate.core import hookimpl, protocol
-from sessiongate.core.testing import rpc_error, stream_end, wait_for
+from sessiongate.core import protocol
+from sessiongate.testing import open_streaming, rpc_error, stream_end, wait_for
 from sessiongate.v1 import gateway_pb2, worker_pb2
+
+from .helpers import FakeWorkers, stall_settings
 
 ENDED = 30  # seconds a test waits for a session to end before failing (never reached)
 
@@ -93,17 +95,11 @@ async def test_worker_killed_from_outside_faults_its_session(make_gateway):
 
 @pytest.mark.asyncio
 async def test_fail_fast_stalled_sole_subscriber_faults_the_session(make_gateway, caplog):
-    gw = await make_gateway(**{
-        "events.stall_timeout_seconds": 0.5,
-        "events.backpressure_policy": "fail_fast",
-        "plugins.fanout.replay_buffer_capacity": 0,
-    })
+    gw = await make_gateway(**stall_settings("fail_fast"))
     client = gw.client()
-    sid = (await client.open(client_name="x")).session_id
+    sid, call = await open_streaming(client)
     other = (await client.open(client_name="other")).session_id
     session = gw.gateway.sessions.live[sid]
-    call = client.stream(sid)
-    assert (await call.read()).caught_up
     # it reads nothing: the worker waits on it until the stall timeout faults the session
     code = await _code(client.invoke(sid, "burst", b'{"count": 200000, "size": 100}'))
     assert code == grpc.StatusCode.UNAVAILABLE
@@ -133,74 +129,6 @@ async def test_an_event_too_large_for_a_frame_fails_its_command_alone(make_gatew
     assert (await client.get(sid)).state == gateway_pb2.READY
     assert await client.invoke_json(sid, "echo", "still here") == "still here"
     assert await client.invoke_json(other, "echo", "fine") == "fine"
-
-
-# A stand-in worker: the real handshake (nonce from its environment), then a misbehaviour.
-_FAKE_WORKER = r"""
-import os, socket, struct, sys
-from sessiongate.core import protocol
-from sessiongate.v1 import gateway_pb2, worker_pb2
-
-mode = sys.argv[1]
-env = os.environ
-nonce = protocol.read_nonce(0)  # from stdin, when the gateway needs us, like a real worker
-sock = socket.socket(socket.AF_UNIX)
-sock.connect(env[protocol.SOCKET_ENV])
-
-def send(frame):
-    sock.sendall(protocol.encode(frame))
-
-def recv():
-    def exactly(n):
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                sys.exit(0)
-            data += chunk
-        return data
-    (size,) = struct.unpack(">I", exactly(4))
-    frame = worker_pb2.WorkerFrame()
-    frame.ParseFromString(exactly(size))
-    return frame
-
-send(worker_pb2.WorkerFrame(hello=worker_pb2.Hello(
-    protocol_version=protocol.PROTOCOL_VERSION, session_id=env[protocol.SESSION_ENV],
-    nonce=nonce, pid=os.getpid(), backend="fake")))
-assert recv().WhichOneof("body") == "welcome"
-send(worker_pb2.WorkerFrame(ready=worker_pb2.Ready()))
-while True:
-    frame = recv()
-    if frame.WhichOneof("body") != "command":
-        continue
-    if frame.command.command == "echo":
-        send(worker_pb2.WorkerFrame(reply=worker_pb2.Reply(
-            request_id=frame.command.request_id, payload=frame.command.payload)))
-        continue
-    if mode == "malformed":
-        sock.sendall(struct.pack(">I", 5) + b"\xff\xff\xff\xff\xff")
-    elif mode == "sequence":
-        events = worker_pb2.WorkerFrame()
-        events.events.events.add(sequence=1, kind="k")
-        events.events.events.add(sequence=1, kind="k")
-        send(events)
-    elif mode == "unexpected":
-        send(worker_pb2.WorkerFrame(command=worker_pb2.Command(request_id=1, command="x")))
-    recv()  # until the gateway hangs up
-"""
-
-
-class FakeWorkers:
-    """Replaces the worker program by ``_FAKE_WORKER`` in the given mode."""
-
-    __name__ = "fake-workers"
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
-    @hookimpl
-    def sg_worker_launch(self, session, argv, env):
-        argv[1:] = ["-c", _FAKE_WORKER, self.mode]
 
 
 @pytest.mark.asyncio
@@ -243,7 +171,7 @@ async def test_a_leaked_nonce_is_useless_to_another_process(make_gateway, hold_w
                                                             monkeypatch, caplog):
     """The nonce is in no process's environment or command line, and even presented
     correctly it admits only the process the gateway started (SO_PEERCRED)."""
-    from sessiongate.core import workers
+    from sessiongate.core.workers import handle as workers
 
     leaked = bytes(range(32))  # the nonce an attacker somehow learned
     monkeypatch.setattr(workers.secrets, "token_bytes", lambda n: leaked[:n])
@@ -361,9 +289,9 @@ async def test_gateway_stop_leaves_no_worker(make_gateway):
     gw = await make_gateway(**{"workers.spare_workers": 2})
     client = gw.client()
     sids = [(await client.open(client_name=f"s{i}")).session_id for i in range(2)]
-    await wait_for(lambda: len(gw.gateway.sessions._spares) == 2)
+    await wait_for(lambda: len(gw.gateway.sessions.spares.ready) == 2)
     pids = [gw.gateway.sessions.live[s].worker.pid for s in sids]
-    pids += [h.pid for _s, h in gw.gateway.sessions._spares]
+    pids += [h.pid for _s, h in gw.gateway.sessions.spares.ready]
     procs = [psutil.Process(p) for p in pids]
     call = client.stream(sids[0])
     assert (await call.read()).caught_up
@@ -376,11 +304,11 @@ async def test_gateway_stop_leaves_no_worker(make_gateway):
 async def test_spare_worker_is_used_and_replaced(make_gateway):
     gw = await make_gateway(**{"workers.spare_workers": 1})
     manager = gw.gateway.sessions
-    await wait_for(lambda: len(manager._spares) == 1)
-    spare_pid = manager._spares[0][1].pid
+    await wait_for(lambda: len(manager.spares.ready) == 1)
+    spare_pid = manager.spares.ready[0][1].pid
     client = gw.client()
     sid = (await client.open(client_name="x")).session_id
     assert manager.live[sid].worker.pid == spare_pid
-    await wait_for(lambda: len(manager._spares) == 1)
-    assert manager._spares[0][1].pid != spare_pid
+    await wait_for(lambda: len(manager.spares.ready) == 1)
+    assert manager.spares.ready[0][1].pid != spare_pid
     assert await client.invoke_json(sid, "echo", 1) == 1

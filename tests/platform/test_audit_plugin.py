@@ -21,7 +21,8 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "audit-plugin"
-HOOKS = ("sg_add_validators", "sg_session_closed", "sg_session_open", "sg_session_opened")
+HOOKS = ("sg_add_validators", "sg_session_adopted", "sg_session_closed", "sg_session_open",
+         "sg_session_opened", "sg_session_released")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def test_sessiongate_plugins_lists_it_with_its_hooks(audit_site, tmp_path):
 
 
 def test_switched_off_it_is_listed_disabled_and_not_imported(audit_site, tmp_path):
-    code = ("import sys; from sessiongate.core.cli import main; rc = main(['plugins']); "
+    code = ("import sys; from sessiongate.core.cli.commands import main; rc = main(['plugins']); "
             "assert 'sessiongate_audit' not in sys.modules, 'blocked plugin was imported'; "
             "sys.exit(rc)")
     result = subprocess.run(

@@ -8,7 +8,7 @@ import tomllib
 
 import pytest
 
-from sessiongate.core.settings import flatten
+from sessiongate.core.config.settings import flatten
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -67,8 +67,8 @@ def test_every_hook_is_called_by_core_and_implemented_or_says_why_not(generate):
 def test_call_sites_are_found_where_hooks_are_called(generate):
     """The reader finds a call it must find (a check that the scan itself works)."""
     sites = generate.hook_call_sites()
-    assert "sessiongate.core.gateway.SessionManager.open" in sites["sg_session_open"]
-    assert "sessiongate.core.server.GatewayService.StreamEvents" in \
+    assert "sessiongate.core.sessions.manager.SessionManager.open" in sites["sg_session_open"]
+    assert "sessiongate.core.rpc.server.GatewayService.StreamEvents" in \
         sites["sg_subscriber_attach"]
 
 

@@ -13,9 +13,11 @@ value where the outcome must not depend on the env's plugins.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
+import logging
 import os
 import sys
 import types
@@ -26,16 +28,20 @@ import psutil
 import pytest
 
 from sessiongate.core import hookimpl, hookspecs, protocol
-from sessiongate.core import plugins as plugin_host
-from sessiongate.core.auth import Identity
+from sessiongate.core.config.settings import Setting, SettingsError
 from sessiongate.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
-from sessiongate.core.events import Distributor, Subscription
-from sessiongate.core.session import SessionState
-from sessiongate.core.settings import Setting, SettingsError
-from sessiongate.core.testing import rpc_error, write_config
+from sessiongate.core.gateway import BOOTSTRAP_KEY_FILE
+from sessiongate.core.identity import Identity, LoginGrant
+from sessiongate.core.plugin_api import GatewayAPI
+from sessiongate.core.pluginhost import host as plugin_host
+from sessiongate.core.sessions.session import SessionState
+from sessiongate.core.streaming.events import Distributor, Subscription
+from sessiongate.testing import rpc_error, write_config
+from sessiongate.v1 import gateway_pb2
 
 first = hookimpl(tryfirst=True)
 TIMEOUT = 15.0
+REATTACH_SWITCH = "SESSIONGATE_PLUGINS__REATTACH__ENABLED"
 #: hooks around a session's start run whether its worker starts cold or as a spare
 SPARES = pytest.mark.parametrize("spares", [{"workers.spare_workers": 0},
                                             {"workers.spare_workers": 1}],
@@ -60,6 +66,12 @@ def impl_args(func: Any) -> list[str]:
 
 async def wait(event: asyncio.Event) -> None:
     await asyncio.wait_for(event.wait(), TIMEOUT)
+
+
+def without_reattach(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Switch the reattach plugin off whatever the environment says (the tox matrix): it
+    releases, records and adopts workers itself, and adds its own worker options."""
+    monkeypatch.setenv(REATTACH_SWITCH, "false")
 
 
 def _exists(pid: int) -> bool:
@@ -99,7 +111,7 @@ def test_hook_sg_add_validators(tmp_path):
 
 def test_hook_sg_secret_settings(tmp_path, monkeypatch, capsys):
     """``check-config`` redacts the keys the hook names."""
-    from sessiongate.core import cli
+    from sessiongate.core.cli import commands as cli
 
     @first
     def sg_secret_settings():
@@ -123,12 +135,12 @@ async def test_hook_sg_worker_backends(make_gateway):
     @first
     def sg_worker_backends():
         calls.append(True)
-        return {"contract-sim": "sessiongate.core.backends.sim:Sim"}
+        return {"contract-sim": "sessiongate.core.sdk.sim:Sim"}
 
     assert impl_args(sg_worker_backends) == spec_args("sg_worker_backends")
     gw = await make_gateway(extra_plugins=(plugin(sg_worker_backends),))
     assert calls == [True]
-    assert gw.gateway.backends["contract-sim"] == "sessiongate.core.backends.sim:Sim"
+    assert gw.gateway.backends["contract-sim"] == "sessiongate.core.sdk.sim:Sim"
     client = gw.client()
     info = await client.open(backend="contract-sim")
     assert info.backend == "contract-sim"
@@ -140,38 +152,76 @@ async def test_hook_sg_worker_backends(make_gateway):
 
 @pytest.mark.asyncio
 async def test_hook_sg_startup(make_gateway):
-    """Awaited during ``Gateway.start``: storage open, before the server accepts calls."""
+    """Awaited during ``Gateway.start`` with the GatewayAPI: storage open, no session yet,
+    before the server accepts calls."""
     seen: dict[str, Any] = {}
 
     @first
     async def sg_startup(gateway):
         seen["gateway"] = gateway
-        seen["keys"] = await gateway.keys.count()  # storage is open
-        seen["sessions"] = dict(gateway.sessions.live)
+        # storage is open: the bootstrap admin key, created just before, is active
+        key = (gateway.state_dir / BOOTSTRAP_KEY_FILE).read_text().strip()
+        seen["bootstrap_active"] = await gateway.key_is_active(key.split("_")[1])
+        seen["unknown_active"] = await gateway.key_is_active("000000000000")
+        seen["sessions"] = gateway.sessions()
+        seen["settings"] = gateway.settings
         await asyncio.sleep(0)  # may be async: awaited before start() returns
 
     assert impl_args(sg_startup) == spec_args("sg_startup")
     gw = await make_gateway(extra_plugins=(plugin(sg_startup),))
-    assert seen["gateway"] is gw.gateway
-    assert seen["keys"] >= 1  # the bootstrap admin key was created just before
-    assert seen["sessions"] == {}
+    assert isinstance(seen["gateway"], GatewayAPI)
+    assert seen["gateway"] is gw.gateway.api
+    assert seen["bootstrap_active"] is True and seen["unknown_active"] is False
+    assert seen["sessions"] == []
+    assert seen["settings"] is gw.settings
 
 
 @pytest.mark.asyncio
 async def test_hook_sg_shutdown(make_gateway):
-    """Awaited during ``Gateway.stop``, once, when no new session is accepted any more."""
+    """Awaited during ``Gateway.stop``, once: no new session is accepted, every session has
+    ended, and the tasks spawned with ``gateway.spawn`` were cancelled and awaited."""
     seen: list[Any] = []
+    order: list[str] = []
+    tasks: list[asyncio.Task[Any]] = []
+    handle: dict[str, Any] = {}
+
+    async def owned() -> None:
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            await asyncio.sleep(0)  # a clean-up that must be awaited to complete
+            order.append("task cleaned up")
+
+    @first
+    def sg_startup(gateway):
+        tasks.append(gateway.spawn(owned(), "contract-owned"))
+
+    @first
+    async def sg_session_closed(gateway, session, reason):
+        order.append("session ended")
+
+    @first
+    async def sg_session_released(gateway, session):  # (with reattach on)
+        order.append("session ended")
 
     @first
     async def sg_shutdown(gateway):
-        seen.append((gateway, gateway.sessions.accepting))
+        order.append("shutdown")
+        task = tasks[0]
+        seen.append({"gateway": gateway, "accepting": handle["gw"].gateway.sessions.accepting,
+                     "sessions": gateway.sessions(), "task_done": task.done(),
+                     "task_cancelled": task.cancelled()})
 
     assert impl_args(sg_shutdown) == spec_args("sg_shutdown")
-    gw = await make_gateway(extra_plugins=(plugin(sg_shutdown),))
+    gw = await make_gateway(extra_plugins=(plugin(sg_startup, sg_session_closed,
+                                                  sg_session_released, sg_shutdown),))
+    handle["gw"] = gw
     await gw.client().open()
-    assert seen == []
+    assert seen == [] and not tasks[0].done()
     await gw.stop()
-    assert seen == [(gw.gateway, False)]
+    assert seen == [{"gateway": gw.gateway.api, "accepting": False, "sessions": [],
+                     "task_done": True, "task_cancelled": True}]
+    assert order == ["session ended", "task cleaned up", "shutdown"]
 
 
 # -- sessions ------------------------------------------------------------------------------
@@ -184,10 +234,10 @@ async def test_hook_sg_session_open(make_gateway, spares):
     seen: list[dict[str, Any]] = []
 
     @first
-    async def sg_session_open(session, identity):
+    async def sg_session_open(gateway, session, identity):
         await asyncio.sleep(0)  # may be async
-        gateway = session.attributes["gateway"]
-        seen.append({"state": session.state, "live": session.session_id in gateway.sessions.live,
+        seen.append({"state": session.state,
+                     "live": gateway.session(session.session_id) is not None,
                      "client_name": session.client_name, "tag": session.tag,
                      "backend": session.backend, "owner": session.owner_key_id,
                      "identity": identity.key_id})
@@ -215,7 +265,7 @@ async def test_hook_sg_session_opened(make_gateway):
     seen: list[Any] = []
 
     @first
-    async def sg_session_opened(session):
+    async def sg_session_opened(gateway, session):
         seen.append((session.session_id, session.state, session.worker.pid))
 
     assert impl_args(sg_session_opened) == spec_args("sg_session_opened")
@@ -231,7 +281,7 @@ async def test_hook_sg_session_state_changed(make_gateway):
     seen: list[tuple[str, str, str, str]] = []
 
     @first
-    def sg_session_state_changed(session, old, new, reason):
+    def sg_session_state_changed(gateway, session, old, new, reason):
         assert session.state == new
         seen.append((session.session_id, old, new, reason))
 
@@ -259,7 +309,7 @@ async def test_hook_sg_session_closed(make_gateway):
     closed = asyncio.Event()
 
     @first
-    async def sg_session_closed(session, reason):
+    async def sg_session_closed(gateway, session, reason):
         seen.append((session.session_id, session.state, reason))
         closed.set()
 
@@ -281,6 +331,148 @@ async def test_hook_sg_session_closed(make_gateway):
     assert "3" in seen[1][2]
 
 
+def releasing_plugin(release: set[str], records: dict[str, Any], seen: list[Any]) -> Any:
+    """Gateway A's side of a restart (what the reattach plugin does, in miniature): workers
+    outlive their connection and keep a history; the sessions in ``release`` are released
+    at shutdown; ``records`` gets each session's adoption record once it is READY."""
+
+    @first
+    def sg_worker_options(gateway, session):
+        return {"orphan_lifetime": 60.0, "history": 16}
+
+    @first
+    def sg_worker_release(gateway, session):
+        return session.session_id in release
+
+    @first
+    async def sg_session_opened(gateway, session):
+        records[session.session_id] = gateway.adoption_record(session)
+
+    @first
+    async def sg_session_released(gateway, session):
+        seen.append(("released", session.session_id, session.released,
+                     gateway.session(session.session_id), gateway))
+
+    @first
+    async def sg_session_closed(gateway, session, reason):
+        seen.append(("closed", session.session_id))
+
+    return plugin(sg_worker_options, sg_worker_release, sg_session_opened,
+                  sg_session_released, sg_session_closed)
+
+
+async def release_at_shutdown(make_gateway: Any) -> dict[str, Any]:
+    """Gateway A opens ``kept`` (released at shutdown, one event written) and ``stopped``
+    (not released), then stops. Returns what the test needs to know of it."""
+    release: set[str] = set()
+    records: dict[str, Any] = {}
+    seen: list[Any] = []
+    gw = await make_gateway(extra_plugins=(releasing_plugin(release, records, seen),))
+    client = gw.client()
+    kept = await client.open(client_name="kept", tag="t1")
+    stopped = (await client.open(client_name="stopped")).session_id
+    await client.invoke_json(kept.session_id, "write", {"tag": "t", "value": 41})  # event 1
+    release.add(kept.session_id)
+    workers = {sid: gw.gateway.sessions.get(sid).worker
+               for sid in (kept.session_id, stopped)}
+    await gw.stop()
+    return {"gw": gw, "kept": kept, "stopped": stopped, "records": records, "seen": seen,
+            "worker": workers[kept.session_id], "stopped_pid": workers[stopped].pid}
+
+
+async def reap(process: Any) -> None:
+    """End a released worker, our child, and reap it through asyncio (so the loop closes
+    its transport); it is gone afterwards."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    await asyncio.wait_for(process.wait(), TIMEOUT)
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_session_released(make_gateway, monkeypatch):
+    """At shutdown, once per session whose worker was released (instead of
+    ``sg_session_closed``): the session has ended in this gateway, its worker runs on."""
+    without_reattach(monkeypatch)  # it would release (and record) every session itself
+    assert impl_args(releasing_plugin(set(), {}, []).sg_session_released) == \
+        spec_args("sg_session_released")
+    a = await release_at_shutdown(make_gateway)
+    kept, worker = a["kept"].session_id, a["worker"]
+    try:
+        # (sessions end concurrently at shutdown: the two hooks' order is not fixed)
+        assert [s for s in a["seen"] if s[0] == "released"] == \
+            [("released", kept, True, None, a["gw"].gateway.api)]
+        assert [s for s in a["seen"] if s[0] == "closed"] == [("closed", a["stopped"])]
+        assert _exists(worker.pid), "a released worker must be left running"
+        assert worker in a["gw"].gateway.sessions.released
+        assert not _exists(a["stopped_pid"])
+    finally:
+        await reap(worker.process)
+    assert not _exists(worker.pid)
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_session_adopted(make_gateway, monkeypatch):
+    """A later gateway on the same state dir adopts the released worker at
+    ``sg_startup`` (``gateway.adopt_session``): the session is READY again with its id,
+    owner and worker, and ``sg_session_adopted`` fires instead of ``sg_session_opened``."""
+    without_reattach(monkeypatch)  # it would adopt the same worker from its own records
+    a = await release_at_shutdown(make_gateway)
+    kept, worker = a["kept"], a["worker"]
+    sid = kept.session_id
+    record = a["records"][sid]
+    assert record is not None and record.session_id == sid and record.pid == worker.pid
+    frames: list[tuple[str, str, list[int]]] = []
+    adopted: list[Any] = []
+    opened: list[str] = []
+    returned: list[Any] = []
+
+    def on_frame(session, frame):
+        kind = frame.WhichOneof("body")
+        sequences = ([frame.adopt.last_sequence] if kind == "adopt"
+                     else [e.sequence for e in frame.history.events])
+        frames.append((session.session_id, kind, sequences))
+
+    @first
+    async def sg_startup(gateway):
+        returned.append(await gateway.adopt_session(record, window=TIMEOUT,
+                                                    on_frame=on_frame))
+
+    @first
+    async def sg_session_adopted(gateway, session):
+        adopted.append((session.session_id, session.state, gateway,
+                        gateway.session(session.session_id) is session, session.worker.pid))
+
+    @first
+    async def sg_session_opened(gateway, session):
+        opened.append(session.session_id)
+
+    assert impl_args(sg_session_adopted) == spec_args("sg_session_adopted")
+    try:
+        gw = await make_gateway(extra_plugins=(plugin(sg_startup, sg_session_adopted,
+                                                      sg_session_opened),))
+        session = gw.gateway.sessions.get(sid)
+        assert returned == [session]
+        assert adopted == [(sid, SessionState.READY, gw.gateway.api, True, worker.pid)]
+        assert opened == []
+        # the worker's account: its position, then the history it kept (option "history")
+        assert frames == [(sid, "adopt", [1]), (sid, "history", [1])]
+
+        client = gw.client(a["gw"].admin_key)  # the same key store: the same owner
+        info = await client.get(sid)
+        assert info.state == gateway_pb2.READY
+        assert (info.owner_key_id, info.client_name, info.tag) == \
+            (kept.owner_key_id, "kept", "t1")
+        assert await client.invoke_json(sid, "echo", ["adopted"]) == ["adopted"]
+        # the same process: it still holds what was written through gateway A
+        assert await client.invoke_json(sid, "read", {"tag": "t"}) == {"tag": "t", "value": 41}
+        await client.close(sid)  # stops the adopted worker
+        await asyncio.wait_for(worker.process.wait(), TIMEOUT)
+        assert not _exists(worker.pid)
+    finally:
+        await reap(worker.process)
+
+
 # -- identity ------------------------------------------------------------------------------
 
 
@@ -290,7 +482,7 @@ async def test_hook_sg_authenticate(make_gateway):
     seen: list[str] = []
 
     @first
-    def sg_authenticate(credential):
+    def sg_authenticate(gateway, credential):
         seen.append(credential)
         if credential == "contract-token":
             return Identity(key_id="contract-1", name="contract",
@@ -320,7 +512,7 @@ async def test_hook_sg_authorize(make_gateway):
     seen: list[tuple[str, str | None, str]] = []
 
     @first
-    def sg_authorize(identity, action, session):
+    def sg_authorize(gateway, identity, action, session):
         seen.append((action, session.session_id if session else None, identity.key_id))
         return False if action == "invoke" else None
 
@@ -341,6 +533,49 @@ async def test_hook_sg_authorize(make_gateway):
                     ("invoke", sid, key), ("stream", sid, key), ("close", sid, key)]
 
 
+@pytest.mark.asyncio
+async def test_hook_sg_login(make_gateway, caplog):
+    """Serves the Login RPC (no API key needed): a LoginGrant answers, ``Unauthenticated``
+    refuses with its message, and with every implementation returning None Login is
+    UNIMPLEMENTED."""
+    seen: list[tuple[Any, str, str]] = []
+    expires = 2_000_000_000.0
+
+    @first
+    async def sg_login(gateway, username, password):
+        seen.append((gateway, username, password))
+        await asyncio.sleep(0)  # may be async
+        if username != "alice":
+            return None  # not mine: the next implementation (acl: LDAP off) abstains too
+        if password != "alice-pw":
+            raise Unauthenticated("contract: wrong username or password")
+        return LoginGrant(token="contract-login-token", expires_at=expires, admin=True,
+                          tags=("t2", "t1"))
+
+    assert impl_args(sg_login) == spec_args("sg_login")
+    caplog.set_level(logging.DEBUG)
+    gw = await make_gateway(extra_plugins=(plugin(sg_login),))
+    anon = gw.client("")
+    response = await anon.login("alice", "alice-pw")
+    assert response.token == "contract-login-token"
+    assert response.expires_at.seconds == int(expires)
+    assert response.admin is True
+    assert list(response.tags) == ["t1", "t2"]
+    assert seen == [(gw.gateway.api, "alice", "alice-pw")]
+
+    error = await rpc_error(anon.login("alice", "wrong"))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert error.details() == "contract: wrong username or password"
+
+    error = await rpc_error(anon.login("bob", "bob-pw"))
+    assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "sg_login" in error.details()
+    assert [s[1:] for s in seen] == [("alice", "alice-pw"), ("alice", "wrong"),
+                                     ("bob", "bob-pw")]
+    # core never logs a password
+    assert not [r for r in caplog.records if "-pw" in r.getMessage()]
+
+
 # -- events --------------------------------------------------------------------------------
 
 
@@ -355,9 +590,9 @@ async def test_hook_sg_make_distributor(make_gateway, spares):
     seen: list[Any] = []
 
     @first
-    def sg_make_distributor(session, settings):
+    def sg_make_distributor(gateway, session, settings):
         seen.append((session.session_id, session.state, settings))
-        options = session.attributes["gateway"].sessions.distributor_options(session)
+        options = gateway.distributor_options(session)
         return ContractDistributor(**options)
 
     assert impl_args(sg_make_distributor) == spec_args("sg_make_distributor")
@@ -384,7 +619,7 @@ async def test_hook_sg_replay_supported(make_gateway):
     seen: list[str] = []
 
     @first
-    def sg_replay_supported(session):
+    def sg_replay_supported(gateway, session):
         seen.append(session.session_id)
         return False
 
@@ -398,7 +633,9 @@ async def test_hook_sg_replay_supported(make_gateway):
     assert seen == []
     error = await rpc_error(client.stream(sid, after_sequence=0).read())
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "plugins.reconnect.enabled" in error.details()
+    # core names the hook, never a plugin: which plugin resumes streams is not its business
+    assert "sg_replay_supported" in error.details()
+    assert "reconnect" not in error.details()
     assert seen == [sid]
 
 
@@ -408,7 +645,7 @@ async def test_hook_sg_stream_keeps_alive(make_gateway):
     seen: list[tuple[str, str]] = []
 
     @first
-    def sg_stream_keeps_alive(session, identity):
+    def sg_stream_keeps_alive(gateway, session, identity):
         seen.append((session.session_id, identity.key_id))
         return False
 
@@ -432,17 +669,17 @@ async def test_hook_sg_subscriber_attach(make_gateway):
     seen: list[Any] = []
 
     @first
-    def sg_authorize(identity, action, session):
+    def sg_authorize(gateway, identity, action, session):
         seen.append(("authorize", action))
 
     @first
-    async def sg_subscriber_attach(session, identity, request):
+    async def sg_subscriber_attach(gateway, session, identity, request):
         seen.append(("attach", session.session_id, identity.key_id, request.subscriber_id))
         if request.subscriber_id == "refused":
             raise PermissionDenied("contract: no stream for you")
 
     @first
-    def sg_subscriber_attached(session, subscription):
+    def sg_subscriber_attached(gateway, session, subscription):
         seen.append(("attached", subscription.subscriber_id))
 
     assert impl_args(sg_subscriber_attach) == spec_args("sg_subscriber_attach")
@@ -470,7 +707,7 @@ async def test_hook_sg_subscriber_attached(make_gateway):
     seen: list[Any] = []
 
     @first
-    def sg_subscriber_attached(session, subscription):
+    def sg_subscriber_attached(gateway, session, subscription):
         seen.append((session.session_id, subscription,
                      subscription in session.distributor.subscriptions))
 
@@ -495,11 +732,11 @@ async def test_hook_sg_subscriber_detached(make_gateway):
     gone = asyncio.Event()
 
     @first
-    def sg_subscriber_attached(session, subscription):
+    def sg_subscriber_attached(gateway, session, subscription):
         attached.append(subscription)
 
     @first
-    def sg_subscriber_detached(session, subscription, reason):
+    def sg_subscriber_detached(gateway, session, subscription, reason):
         assert subscription not in session.distributor.subscriptions
         detached.append((subscription, reason))
         gone.set()
@@ -542,7 +779,7 @@ async def test_hook_sg_internal_subscribers(make_gateway):
         done.set()
 
     @first
-    def sg_internal_subscribers(session):
+    def sg_internal_subscribers(gateway, session):
         seen.append(("asked", session.state))
         return [consumer]
 
@@ -567,12 +804,55 @@ async def test_hook_sg_internal_subscribers(make_gateway):
 
 @SPARES
 @pytest.mark.asyncio
+async def test_hook_sg_worker_options(make_gateway, monkeypatch, spares):
+    """Once per worker start (spares too), before ``sg_worker_launch``; the merged options
+    reach the worker SDK (the options JSON in its environment)."""
+    without_reattach(monkeypatch)  # its options would be merged in as well
+    calls: list[Any] = []
+    launched: dict[str, dict[str, Any]] = {}
+
+    @first
+    def sg_worker_options(gateway, session):
+        calls.append(("options", session.session_id, session.state, gateway))
+        return {"history": 7}
+
+    @first
+    def sg_worker_launch(gateway, session, argv, env):
+        calls.append(("launch", session.session_id))
+        launched[session.session_id] = json.loads(env[protocol.OPTIONS_ENV])
+
+    def second_plugin() -> Any:
+        @hookimpl
+        def sg_worker_options(gateway, session):  # merged with the first plugin's
+            return {"contract-extra": session.session_id}
+
+        return plugin(sg_worker_options, name="contract-2")
+
+    assert impl_args(sg_worker_options) == spec_args("sg_worker_options")
+    gw = await make_gateway(extra_plugins=(plugin(sg_worker_options, sg_worker_launch),
+                                           second_plugin()), **spares)
+    sid = (await gw.client().open()).session_id
+    mine = [c for c in calls if c[1] == sid]  # (spares: see the endpoint test)
+    assert mine == [("options", sid, SessionState.OPENING, gw.gateway.api), ("launch", sid)]
+    # every worker start, spare or not: asked once, right before its launch
+    assert len([c for c in calls if c[0] == "options"]) == len(launched)
+    assert all(calls[i][0] == "options" and calls[i + 1] == ("launch", calls[i][1])
+               for i in range(0, len(calls), 2))
+    assert launched[sid]["history"] == 7 and launched[sid]["contract-extra"] == sid
+    assert launched[sid]["backend_name"] == "sim"  # core's own key is kept
+    pid = gw.gateway.sessions.get(sid).worker.pid
+    options = json.loads(psutil.Process(pid).environ()[protocol.OPTIONS_ENV])
+    assert options == launched[sid]
+
+
+@SPARES
+@pytest.mark.asyncio
 async def test_hook_sg_worker_endpoint(make_gateway, spares):
     """Asked once per session before its worker starts; the first answer is the socket."""
     seen: list[Any] = []
 
     @first
-    def sg_worker_endpoint(session, runtime_dir):
+    def sg_worker_endpoint(gateway, session, runtime_dir):
         seen.append((session.session_id, session.state, session.worker, runtime_dir))
         return os.path.join(runtime_dir, f"contract-{session.session_id[:8]}.sock")
 
@@ -599,7 +879,7 @@ async def test_hook_sg_worker_launch(make_gateway, spares):
     seen: list[Any] = []
 
     @first
-    def sg_worker_launch(session, argv, env):
+    def sg_worker_launch(gateway, session, argv, env):
         seen.append((session.session_id, session.state, session.worker.process, list(argv)))
         env["SG_CONTRACT_MARK"] = session.session_id
 
@@ -623,12 +903,12 @@ async def test_hook_sg_worker_release(make_gateway):
     release: set[str] = set()
 
     @first
-    def sg_worker_release(session):
+    def sg_worker_release(gateway, session):
         seen.append((session.session_id, session.state))
         return session.session_id in release
 
     @first
-    def sg_worker_launch(session, argv, env):
+    def sg_worker_launch(gateway, session, argv, env):
         # What the reattach plugin does: the worker outlives its connection (phones home).
         options = json.loads(env.get(protocol.OPTIONS_ENV) or "{}")
         env[protocol.OPTIONS_ENV] = json.dumps({**options, "orphan_lifetime": 60.0})
@@ -665,7 +945,7 @@ async def test_hook_sg_worker_exited(make_gateway):
     exited = asyncio.Event()
 
     @first
-    async def sg_worker_exited(session, pid, returncode):
+    async def sg_worker_exited(gateway, session, pid, returncode):
         seen.append((session.session_id, pid, returncode))
         exited.set()
 

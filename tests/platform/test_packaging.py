@@ -45,10 +45,11 @@ def test_core_and_every_builtin_plugin_is_mapped():
 
 
 def test_builtin_plugins_register_through_our_own_entry_points():
-    from sessiongate.core.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP
+    from sessiongate.core import ENTRY_POINT_GROUP
+    from sessiongate.core.config.settings import builtin_plugins
 
     declared = PYPROJECT["project"]["entry-points"][ENTRY_POINT_GROUP]
-    assert declared == BUILTIN_PLUGINS
+    assert declared == builtin_plugins()
 
 
 def test_no_tests_inside_the_packages():

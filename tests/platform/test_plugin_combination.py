@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from sessiongate.core.testing import enabled_plugins, write_config
+from sessiongate.testing import enabled_plugins, write_config
 
 
 def _sessiongate(*args: str, cwd: os.PathLike[str],

@@ -11,8 +11,8 @@ import tomllib
 
 import pytest
 
-from sessiongate.core.settings import defaults_path
-from sessiongate.core.testing import PLUGINS
+from sessiongate.core.config.settings import defaults_path
+from sessiongate.testing import PLUGINS
 
 pytestmark = pytest.mark.once
 

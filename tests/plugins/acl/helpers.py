@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from sessiongate.core import testing
+from sessiongate import testing
 
 TIMEOUT = 15.0
 

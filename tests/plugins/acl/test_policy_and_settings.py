@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from sessiongate.core.auth import ADMIN_SCOPE, Identity
-from sessiongate.core.settings import SettingsError
-from sessiongate.core.testing import write_config
+from sessiongate.core.config.settings import SettingsError
+from sessiongate.core.identity import ADMIN_SCOPE, Identity
 from sessiongate.plugins.acl import decide, keeps_alive
 from sessiongate.plugins.acl.directory import normalize_dn
+from sessiongate.testing import write_config
 
 pytestmark = [pytest.mark.requires_plugin("acl"), pytest.mark.once]  # unit tests
 
@@ -71,7 +71,7 @@ def test_dn_comparison_ignores_case_and_spaces():
 
 
 def _problems(tmp_path, **overrides) -> str:
-    from sessiongate.core.plugins import load
+    from sessiongate.core.pluginhost.host import load
 
     config = write_config(tmp_path / "acl.toml", overrides)
     with pytest.raises(SettingsError) as info:
@@ -121,7 +121,7 @@ def test_search_then_bind_needs_a_base_and_a_password(tmp_path):
 
 
 def test_ldap_rules_only_bite_when_ldap_is_on(tmp_path):
-    from sessiongate.core.plugins import load
+    from sessiongate.core.pluginhost.host import load
 
     config = write_config(tmp_path / "ok.toml", {"plugins.acl.ldap.bind_dn": "cn=svc,dc=x"})
     settings, _pm = load(str(config))
@@ -129,7 +129,7 @@ def test_ldap_rules_only_bite_when_ldap_is_on(tmp_path):
 
 
 def test_the_bind_password_is_a_secret():
-    from sessiongate.core.plugins import Hooks, load
+    from sessiongate.core.pluginhost.host import Hooks, load
 
     _settings, pm = load()
     secrets = {k for keys in Hooks(pm).collect("sg_secret_settings") for k in keys}

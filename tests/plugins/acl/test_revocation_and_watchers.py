@@ -8,8 +8,8 @@ import sys
 import grpc
 import pytest
 
-from sessiongate.core.session import SessionState
-from sessiongate.core.testing import wait_for
+from sessiongate.core.sessions.session import SessionState
+from sessiongate.testing import wait_for
 
 from .helpers import TIMEOUT, attached, rpc_error, stream_end
 

@@ -32,7 +32,7 @@ def _claims(token: str) -> dict:
 
 async def _ldap_gateway(make_gateway, slapd, **extra):
     gw = await make_gateway(**slapd.settings(), **extra)
-    runtime = runtime_of(gw.gateway)
+    runtime = runtime_of(gw.gateway.api)
     assert runtime is not None and runtime.tokens is not None
     return gw, runtime.tokens
 
@@ -130,7 +130,7 @@ async def test_a_failed_start_fails_closed(make_gateway, tmp_path, caplog):
     (state / KEY_FILE).write_text("not a key\n")
     gw = await make_gateway(**{"plugins.acl.ldap.enabled": True,
                                "plugins.acl.ldap.user_dn_template": "uid={username},dc=x"})
-    assert runtime_of(gw.gateway) is None
+    assert runtime_of(gw.gateway.api) is None
     assert "sg_startup" in caplog.text
     error = await rpc_error(gw.client().open())
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -4,14 +4,14 @@ replay from the log's retention."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from sessiongate.core.errors import OVERFLOW_MESSAGE, Aborted, FailedPrecondition, ResourceExhausted
-from sessiongate.core.events import PACE_WINDOW_EVENTS, EventLog, Gap, Subscription
+from sessiongate.core.streaming.events import PACE_WINDOW_EVENTS, EventLog, Gap, Subscription
 from sessiongate.plugins.fanout import FanoutDistributor
+from sessiongate.testing import DistributorHarness
 from sessiongate.v1 import gateway_pb2
 from sessiongate.v1.gateway_pb2 import Event
 
@@ -20,59 +20,12 @@ pytestmark = pytest.mark.once  # a unit test: independent of the plugin set
 W = PACE_WINDOW_EVENTS
 
 
-class Harness:
-    def __init__(self, *, capacity: int = 100, policy: str = "disconnect_subscriber",
-                 max_external: int = 8, retain: int = 1000, stall_timeout: float = 30.0) -> None:
-        self.faults: list[str] = []
-        self.released: list[tuple[Subscription, str]] = []
-        self.overflows: list[str] = []
-        self.grants: list[int | None] = []  # as passed: events beyond those published
-        self.credits: list[int | None] = []  # as the worker sees them: events in all
-        self.published = 0
-        self._changed = asyncio.Event()
-        self.dist = FanoutDistributor(
-            max_external=max_external, log=EventLog(retain, 0), session_id="s1",
-            capacity=capacity, policy=policy, fault_session=self._fault,
-            on_release=self._release, count_overflow=self.overflows.append,
-            grant=self._grant, stall_timeout=stall_timeout)
-        self.next_seq = 1
+class Harness(DistributorHarness):
+    """The fanout distributor, with a replay ring of ``retain`` events."""
 
-    def _grant(self, more: int | None) -> None:
-        self.grants.append(more)
-        self.credits.append(None if more is None else self.published + more)
-        self._changed.set()
-
-    def _fault(self, reason: str) -> None:
-        self.faults.append(reason)
-        self._changed.set()
-
-    def _release(self, sub: Subscription, reason: str) -> None:
-        self.released.append((sub, reason))
-        self._changed.set()
-
-    def publish(self, n: int) -> None:
-        batch = [Event(sequence=s) for s in range(self.next_seq, self.next_seq + n)]
-        self.next_seq += n
-        self.published += n
-        self.dist.publish(batch)
-
-    @property
-    def credit(self) -> int | None:
-        return self.credits[-1] if self.credits else None
-
-    def publish_to_grant(self) -> None:
-        """What a well-behaved worker does: send everything its credit allows."""
-        assert self.credit is not None
-        self.publish(self.credit - self.published)
-
-    def sub(self, *, after_sequence: int | None = None, **kw: Any) -> Subscription:
-        return self.dist.subscribe(Subscription(**kw), after_sequence=after_sequence)
-
-    async def until(self, done: Callable[[], bool]) -> None:
-        async with asyncio.timeout(10):
-            while not done():
-                self._changed.clear()
-                await self._changed.wait()
+    def __init__(self, *, max_external: int = 8, retain: int = 1000, **kw: Any) -> None:
+        super().__init__(FanoutDistributor, max_external=max_external,
+                         log=EventLog(retain, 0), **kw)
 
 
 async def drain(sub: Subscription) -> list[int]:

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from sessiongate.core.testing import stream_end, wait_for
+from sessiongate.testing import stream_end, wait_for
 from sessiongate.v1 import gateway_pb2
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.requires_plugin("fanout")]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sessiongate.core.plugins import load
-from sessiongate.core.settings import SettingsError
-from sessiongate.core.testing import write_config
+from sessiongate.core.config.settings import SettingsError
+from sessiongate.core.pluginhost.host import load
+from sessiongate.testing import write_config
 
 pytestmark = [pytest.mark.requires_plugin("fanout"), pytest.mark.once]  # settings rules
 

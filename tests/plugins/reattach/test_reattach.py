@@ -5,29 +5,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pathlib
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 import psutil
 import pytest
 
+from sessiongate.client import GatewayClient
 from sessiongate.core import protocol
-from sessiongate.core.client import GatewayClient
+from sessiongate.testing import GatewayProcess
 from sessiongate.v1 import gateway_pb2, worker_pb2
 
 pytestmark = pytest.mark.asyncio
 
 
-def admin_key(tmp_path) -> str:
-    return (tmp_path / "state" / "bootstrap-admin.key").read_text().strip()
-
-
 @contextlib.asynccontextmanager
-async def connected(proc, key):
+async def as_admin(proc: GatewayProcess, tmp_path: pathlib.Path) -> AsyncIterator[GatewayClient]:
+    """A client of ``proc`` with the bootstrap admin key: the first gateway on the state
+    dir writes it, and every later one (no longer without keys) keeps it."""
+    key = (tmp_path / "state" / "bootstrap-admin.key").read_text().strip()
     async with grpc.aio.insecure_channel(proc.address) as channel:
         yield GatewayClient(channel, key)
 
@@ -52,6 +54,14 @@ def worker_pid(tmp_path, session_id: str) -> int:
     return next(pid for sid, pid, _ in manifest_rows(tmp_path) if sid == session_id)
 
 
+async def open_one_session(proc: GatewayProcess, tmp_path: pathlib.Path) -> tuple[str, int]:
+    """Open a session on ``proc`` and disconnect: (its id, its worker's pid, from the
+    reattach manifest)."""
+    async with as_admin(proc, tmp_path) as gw:
+        sid = (await gw.open()).session_id
+    return sid, worker_pid(tmp_path, sid)
+
+
 def wait_gone(pid: int, timeout: float) -> bool:
     try:
         psutil.Process(pid).wait(timeout)
@@ -70,8 +80,7 @@ REATTACH = {"plugins.reattach.adoption_window_seconds": 20,
 async def test_kill_9_restart_readopts_sessions_without_losing_events(tmp_path,
                                                                        gateway_process):
     first = gateway_process(**REATTACH)
-    key = admin_key(tmp_path)
-    async with connected(first, key) as gw:
+    async with as_admin(first, tmp_path) as gw:
         a = (await gw.open(client_name="a")).session_id
         b = (await gw.open(client_name="b")).session_id
         await gw.invoke_json(a, "burst", {"count": 1500, "size": 8})  # 1..1500
@@ -88,7 +97,7 @@ async def test_kill_9_restart_readopts_sessions_without_losing_events(tmp_path,
     assert psutil.pid_exists(pid_a)  # the worker lives on, phoning home
 
     second = gateway_process(**REATTACH)
-    async with connected(second, key) as gw:
+    async with as_admin(second, tmp_path) as gw:
         again = await gw.get(a)
         assert again.state == gateway_pb2.READY and again.owner_key_id == info_a.owner_key_id
         assert again.client_name == "a" and again.last_sequence == 1500
@@ -119,15 +128,14 @@ async def test_kill_9_restart_readopts_sessions_without_losing_events(tmp_path,
 async def test_events_produced_while_orphaned_reach_resuming_subscribers(tmp_path,
                                                                           gateway_process):
     first = gateway_process(**REATTACH)
-    key = admin_key(tmp_path)
-    async with connected(first, key) as gw:
+    async with as_admin(first, tmp_path) as gw:
         sid = (await gw.open()).session_id
         await gw.invoke_json(sid, "write", {"tag": "t", "value": 0})  # 1
         await gw.invoke_json(sid, "subscribe", {"tag": "s", "interval_ms": 20})
     first.proc.kill()
     first.wait()
     second = gateway_process(**REATTACH)
-    async with connected(second, key) as gw:
+    async with as_admin(second, tmp_path) as gw:
         info = await gw.get(sid)
         assert info.last_sequence > 1  # produced while no gateway was there
         call = gw.stream(sid, after_sequence=1)
@@ -140,15 +148,12 @@ async def test_events_produced_while_orphaned_reach_resuming_subscribers(tmp_pat
 @pytest.mark.requires_plugin("reattach")
 async def test_graceful_restart_leaves_workers_for_the_next_instance(tmp_path, gateway_process):
     first = gateway_process(**REATTACH)
-    key = admin_key(tmp_path)
-    async with connected(first, key) as gw:
-        sid = (await gw.open()).session_id
-    pid = worker_pid(tmp_path, sid)
+    sid, pid = await open_one_session(first, tmp_path)
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
     assert psutil.pid_exists(pid)
     second = gateway_process(**REATTACH)
-    async with connected(second, key) as gw:
+    async with as_admin(second, tmp_path) as gw:
         assert (await gw.get(sid)).state == gateway_pb2.READY
         await gw.close(sid)
     assert wait_gone(pid, 15)
@@ -157,10 +162,7 @@ async def test_graceful_restart_leaves_workers_for_the_next_instance(tmp_path, g
 @pytest.mark.requires_plugin("reattach")
 async def test_impostor_with_a_wrong_nonce_is_rejected(tmp_path, gateway_process):
     first = gateway_process(**REATTACH)
-    key = admin_key(tmp_path)
-    async with connected(first, key) as gw:
-        sid = (await gw.open()).session_id
-    pid = worker_pid(tmp_path, sid)
+    sid, pid = await open_one_session(first, tmp_path)
     socket_path = next(iter(psutil.Process(pid).environ()[protocol.SOCKET_ENV] for _ in [0]))
     os.kill(pid, signal.SIGSTOP)  # the real worker cannot phone home yet
     first.proc.kill()
@@ -185,7 +187,7 @@ async def test_impostor_with_a_wrong_nonce_is_rejected(tmp_path, gateway_process
     os.kill(pid, signal.SIGCONT)
     second = await starting
     assert "wrong nonce" in second.log
-    async with connected(second, key) as gw:
+    async with as_admin(second, tmp_path) as gw:
         info = await gw.get(sid)
         assert info.state == gateway_pb2.READY and info.last_sequence == 0
         await gw.close(sid)
@@ -194,9 +196,7 @@ async def test_impostor_with_a_wrong_nonce_is_rejected(tmp_path, gateway_process
 @pytest.mark.requires_plugin("reattach")
 async def test_orphan_exits_after_its_lifetime(tmp_path, gateway_process):
     first = gateway_process(**REATTACH, **{"plugins.reattach.max_orphan_lifetime_seconds": 1})
-    async with connected(first, admin_key(tmp_path)) as gw:
-        sid = (await gw.open()).session_id
-    pid = worker_pid(tmp_path, sid)
+    _sid, pid = await open_one_session(first, tmp_path)
     first.proc.kill()
     first.wait()
     assert wait_gone(pid, 30)
@@ -205,9 +205,7 @@ async def test_orphan_exits_after_its_lifetime(tmp_path, gateway_process):
 @pytest.mark.requires_plugin("reattach")
 async def test_unrelated_process_with_a_manifest_pid_is_left_alone(tmp_path, gateway_process):
     first = gateway_process(**REATTACH)
-    async with connected(first, admin_key(tmp_path)) as gw:
-        sid = (await gw.open()).session_id
-    pid = worker_pid(tmp_path, sid)
+    sid, pid = await open_one_session(first, tmp_path)
     first.proc.kill()
     first.wait()
     os.kill(pid, signal.SIGKILL)
@@ -220,7 +218,7 @@ async def test_unrelated_process_with_a_manifest_pid_is_left_alone(tmp_path, gat
         second = gateway_process(**REATTACH)
         assert bystander.poll() is None  # still running
         assert manifest_rows(tmp_path) == []
-        async with connected(second, admin_key(tmp_path)) as gw:
+        async with as_admin(second, tmp_path) as gw:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await gw.get(sid)
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -233,11 +231,11 @@ async def test_unrelated_process_with_a_manifest_pid_is_left_alone(tmp_path, gat
 async def test_without_reattach_a_restart_terminates_leftover_workers(tmp_path,
                                                                        gateway_process):
     first = gateway_process()
-    async with connected(first, admin_key(tmp_path)) as gw:
+    async with as_admin(first, tmp_path) as gw:
         sid = (await gw.open()).session_id
         pid = (await gw.get(sid)).session_id and next(
             p.pid for p in psutil.process_iter(["cmdline", "environ"])
-            if "sessiongate.core.workerproc" in (p.info["cmdline"] or [])
+            if "sessiongate.core.sdk" in (p.info["cmdline"] or [])
             and (p.info["environ"] or {}).get(protocol.SESSION_ENV) == sid)
     os.kill(pid, signal.SIGSTOP)  # it cannot notice the gateway is gone and exit itself
     first.proc.kill()

@@ -20,10 +20,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from sessiongate.core.auth import Identity
 from sessiongate.core.errors import (
     FailedPrecondition,
     GatewayError,
@@ -31,9 +31,10 @@ from sessiongate.core.errors import (
     OutOfRange,
     StartupError,
 )
-from sessiongate.core.events import Subscription, encode_response
 from sessiongate.core.gateway import Gateway
-from sessiongate.core.session import Session, SessionState
+from sessiongate.core.identity import Identity
+from sessiongate.core.sessions.session import EndedSession, Session, SessionState
+from sessiongate.core.streaming.events import Subscription, encode_response
 from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
 
 __all__ = ["GatewayService", "GrpcServer", "serve"]
@@ -82,9 +83,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         self.sessions = gateway.sessions
         self.default_batch = int(gateway.settings.events.max_batch)
 
-    def _session(self, identity: Identity, session_id: str, action: str) -> Session:
+    async def _session(self, identity: Identity, session_id: str,
+                       action: str) -> Session | EndedSession:
         session = self.sessions.get(session_id)
-        self.gateway.authorize(identity, action, session)
+        await self.gateway.authorize(identity, action, session)
         return session
 
     @unary
@@ -96,42 +98,49 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
     @unary
     async def CloseSession(self, request: Any, context: Any, identity: Identity) -> Any:
-        session = self._session(identity, request.session_id, "close")
+        session = await self._session(identity, request.session_id, "close")
         await self.sessions.close(session, f"closed by {identity.key_id}")
         return session.info()
 
     @unary
     async def GetSession(self, request: Any, context: Any, identity: Identity) -> Any:
-        return self._session(identity, request.session_id, "get").info()
+        return (await self._session(identity, request.session_id, "get")).info()
 
     @unary
     async def ListSessions(self, request: Any, context: Any, identity: Identity) -> Any:
         visible = [s.info() for s in list(self.sessions.live.values())
-                   if self.gateway.visible(identity, s, "list")]
+                   if await self.gateway.visible(identity, s, "list")]
         return gateway_pb2.ListSessionsResponse(sessions=visible)
 
     @unary
     async def Invoke(self, request: Any, context: Any, identity: Identity) -> Any:
         if not request.command:
             raise InvalidArgument("command is empty")
-        session = self._session(identity, request.session_id, "invoke")
+        session = await self._session(identity, request.session_id, "invoke")
         session.require_ready("invoke")
+        assert isinstance(session, Session) and session.worker is not None
         session.touch()
-        assert session.worker is not None
         timeout = request.timeout_ms / 1000 if request.timeout_ms else None
         payload = await session.worker.invoke(request.command, request.payload, timeout)
         session.touch()
         return gateway_pb2.InvokeResponse(payload=payload)
 
     async def Login(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        login = self.gateway.attributes.get("login")
-        if login is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                                "Login needs the acl plugin with plugins.acl.ldap.enabled = true")
+        """Unauthenticated by nature: a plugin (``sg_login``) checks the password."""
         try:
-            return await login(request)
+            grant = await self.gateway.hooks.decide("sg_login", username=str(request.username),
+                                                    password=str(request.password))
         except GatewayError as exc:
             await context.abort(_status(exc.code), exc.message)
+            raise  # unreachable: abort raises
+        if grant is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                                "Login is not offered by this gateway: no plugin serves "
+                                "sg_login (see the deployer's guide)")
+        expires_at = Timestamp()
+        expires_at.FromSeconds(int(grant.expires_at))
+        return gateway_pb2.LoginResponse(token=grant.token, expires_at=expires_at,
+                                         admin=grant.admin, tags=sorted(grant.tags))
 
     async def StreamEvents(self, request: Any,
                            context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -140,7 +149,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         try:
             identity = await self.gateway.authenticate(context.invocation_metadata())
             resume = request.HasField("after_sequence")
-            session = self._session(identity, request.session_id,
+            session = await self._session(identity, request.session_id,
                                     "resume" if resume else "stream")
             if session.state in (SessionState.CLOSED, SessionState.FAULTED):
                 # attach after the end: the session's terminal status, at once
@@ -149,12 +158,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 raise GatewayError(f"session {session.session_id} faulted: {session.reason}",
                                    code="UNAVAILABLE")
             session.require_ready("stream events")
+            assert isinstance(session, Session)
             after = request.after_sequence if resume else None
             if resume:
-                if not self.gateway.hooks.decide("sg_replay_supported", session=session):
+                if not await self.gateway.hooks.decide("sg_replay_supported",
+                                                       session=session):
                     raise FailedPrecondition(
-                        "after_sequence needs the reconnect plugin "
-                        "(plugins.reconnect.enabled = true)")
+                        "after_sequence: this gateway does not resume streams (no plugin "
+                        "answers sg_replay_supported; see the deployer's guide)")
                 if after > session.last_sequence:
                     raise OutOfRange(
                         f"after_sequence {after} is beyond the newest sequence "
@@ -163,8 +174,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             await self.gateway.hooks.veto("sg_subscriber_attach", session=session,
                                           identity=identity, request=request)
             skip = request.on_overflow == gateway_pb2.SKIP
-            keeps_alive = self.gateway.hooks.decide("sg_stream_keeps_alive", session=session,
-                                                    identity=identity)
+            keeps_alive = await self.gateway.hooks.decide("sg_stream_keeps_alive",
+                                                          session=session, identity=identity)
             sub = Subscription(
                 subscriber_id=request.subscriber_id, identity=identity,
                 skip=skip, keeps_alive=keeps_alive is not False,

@@ -1,9 +1,10 @@
 """The plugin host: builds the pluggy manager and calls hooks with isolation.
 
-Built-in plugins (fanout, reconnect, acl, reattach) register through this
-distribution's own entry points, exactly like third-party ones (devpi's model).
-A plugin switched off in settings is *blocked before loading*, so its module is
-never imported and its hooks never run.
+Every plugin, the built-in ones (fanout, reconnect, acl, reattach) included, is
+found through the entry-point group ``sessiongate.plugins`` (devpi's model): the
+built-ins are this distribution's own entry points. A plugin switched off in
+settings is *blocked before loading*, so its module is never imported and its
+hooks never run.
 """
 
 from __future__ import annotations
@@ -19,15 +20,19 @@ from typing import Any
 
 import pluggy
 
-from sessiongate.core import PROJECT, hookspecs
+from sessiongate.core import ENTRY_POINT_GROUP, PROJECT, hookspecs
+from sessiongate.core.config.settings import (
+    Setting,
+    Settings,
+    builtin_plugins,
+    installed_plugin_names,
+    load_settings,
+)
 from sessiongate.core.errors import GatewayError, Internal
-from sessiongate.core.settings import Setting, Settings, load_settings
 
 __all__ = [
-    "BUILTIN_PLUGINS",
-    "ENTRY_POINT_GROUP",
+    "CoreHookError",
     "Hooks",
-    "installed_plugin_names",
     "load",
     "make_plugin_manager",
     "plugin_listing",
@@ -35,15 +40,7 @@ __all__ = [
 
 log = logging.getLogger("sessiongate.plugins")
 
-ENTRY_POINT_GROUP = "sessiongate.plugins"
-#: name → module; the name is also the settings key, the entry point and the tox factor.
-BUILTIN_PLUGINS: dict[str, str] = {
-    "fanout": "sessiongate.plugins.fanout",
-    "reconnect": "sessiongate.plugins.reconnect",
-    "acl": "sessiongate.plugins.acl",
-    "reattach": "sessiongate.plugins.reattach",
-}
-CORE_PLUGIN = "sessiongate.core.defaults"
+CORE_PLUGIN = "sessiongate.core.pluginhost.defaults"
 DISABLED_ENV = "SESSIONGATE_DISABLED_PLUGINS"
 TRACE_ENV = "SESSIONGATE_TRACE_HOOKS"
 
@@ -67,9 +64,9 @@ def make_plugin_manager(
 
     1. add the hookspecs; 2. block every plugin switched off (settings
     ``plugins.<name>.enabled = false`` or ``SESSIONGATE_DISABLED_PLUGINS``);
-    3. register core's defaults; 4. load entry points (blocked ones are not even
-    imported); 5. register built-ins whose entry point is missing (a source tree
-    with stale metadata); 6. ``extra_plugins`` (tests); 7. ``check_pending()``.
+    3. register core's defaults; 4. load the entry points, built-in and third-party
+    alike (blocked ones are not even imported); 5. ``extra_plugins`` (tests);
+    6. ``check_pending()``.
     """
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
@@ -78,9 +75,6 @@ def make_plugin_manager(
     pm.register(importlib.import_module(CORE_PLUGIN), name="core")
     if load_entrypoints:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        for name, module in BUILTIN_PLUGINS.items():
-            if not pm.is_blocked(name) and pm.get_plugin(name) is None:
-                pm.register(importlib.import_module(module), name=name)
     for plugin in extra_plugins:
         pm.register(plugin)
     pm.check_pending()
@@ -96,19 +90,6 @@ def make_plugin_manager(
         pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
         pm.enable_tracing()
     return pm
-
-
-def installed_plugin_names(extra_plugins: Iterable[Any] = ()) -> set[str]:
-    """Every name a ``plugins.<name>`` settings table may have: the built-in plugins, the
-    installed entry points (read from metadata, nothing imported) and ``extra_plugins``,
-    whether switched on or off."""
-    names = set(BUILTIN_PLUGINS)
-    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-    for plugin in extra_plugins:
-        name = getattr(plugin, "__name__", None)  # pluggy's canonical name
-        if isinstance(name, str):
-            names.add(name)
-    return {name.lower() for name in names}
 
 
 def load(
@@ -135,18 +116,33 @@ def load(
 
 
 class Hooks:
-    """Calls hooks one implementation at a time so one plugin cannot take down the rest."""
+    """Calls hooks through pluggy, one implementation at a time, so one plugin cannot
+    take down the rest.
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    Each implementation is run by the plugin manager's hook executor (the function
+    ``pm.hook.<name>(...)`` runs), given that implementation alone: pluggy's tracing
+    (``SESSIONGATE_TRACE_HOOKS=1``) and call monitoring see every call. pluggy has no
+    public per-implementation call, and its subset callers need hashable plugins, so
+    this is the one place that uses ``PluginManager._hookexec``
+    (``tests/core/test_plugins_host.py`` checks it still traces). Every hook whose
+    specification takes ``gateway`` gets the
+    :class:`~sessiongate.core.plugin_api.GatewayAPI` given here. An argument core failed
+    to pass is core's bug, reported as such (``INTERNAL``), never blamed on a plugin.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, gateway: Any = None) -> None:
         self.pm = pm
+        self.gateway = gateway
 
     def _impls(self, name: str) -> list[pluggy.HookImpl]:
         # pluggy calls the last registered first; tryfirst/trylast are already ordered.
         return list(reversed(getattr(self.pm.hook, name).get_hookimpls()))
 
-    @staticmethod
-    def _args(impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> list[Any]:
-        return [kwargs[a] for a in impl.argnames]
+    def _kwargs(self, name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        spec = getattr(self.pm.hook, name).spec
+        if self.gateway is not None and spec is not None and "gateway" in spec.argnames:
+            return {"gateway": self.gateway, **kwargs}
+        return kwargs
 
     @staticmethod
     def _where(kwargs: dict[str, Any]) -> str:
@@ -154,18 +150,36 @@ class Hooks:
         sid = getattr(session, "session_id", None)
         return f" (session {sid})" if sid else ""
 
-    def implemented(self, name: str) -> bool:
-        return bool(self._impls(name))
+    def _one(self, impl: pluggy.HookImpl, name: str, kwargs: dict[str, Any]) -> Any:
+        """Call one implementation; its result (None when it returned None)."""
+        missing = [arg for arg in impl.argnames if arg not in kwargs]
+        if missing:  # core did not pass what the specification declares: our bug
+            log.error("core called %s with the wrong arguments: %s missing", name,
+                      ", ".join(missing))
+            raise CoreHookError(name)
+        return self.pm._hookexec(name, [impl], kwargs, True)
+
+    async def _one_awaited(self, impl: pluggy.HookImpl, name: str,
+                           kwargs: dict[str, Any]) -> Any:
+        result = self._one(impl, name, kwargs)
+        return await result if inspect.isawaitable(result) else result
+
+    def _failed(self, impl: pluggy.HookImpl, name: str, kwargs: dict[str, Any],
+                outcome: str) -> None:
+        log.exception("plugin %s failed in %s%s; %s", impl.plugin_name, name,
+                      self._where(kwargs), outcome)
 
     def collect(self, name: str, **kwargs: Any) -> list[Any]:
         """Observer, sync: every non-None result; a raising implementation is logged."""
+        kwargs = self._kwargs(name, kwargs)
         results = []
         for impl in self._impls(name):
             try:
-                result = impl.function(*self._args(impl, kwargs))
+                result = self._one(impl, name, kwargs)
+            except CoreHookError:
+                raise
             except Exception:
-                log.exception("plugin %s failed in %s%s; ignored", impl.plugin_name, name,
-                              self._where(kwargs))
+                self._failed(impl, name, kwargs, "ignored")
                 continue
             if result is not None:
                 results.append(result)
@@ -177,52 +191,55 @@ class Hooks:
 
     async def notify(self, name: str, **kwargs: Any) -> None:
         """Observer, maybe-async: awaited in order; failures logged and ignored."""
+        kwargs = self._kwargs(name, kwargs)
         for impl in self._impls(name):
             try:
-                result = impl.function(*self._args(impl, kwargs))
-                if inspect.isawaitable(result):
-                    await result
+                await self._one_awaited(impl, name, kwargs)
+            except CoreHookError:
+                raise
             except Exception:
-                log.exception("plugin %s failed in %s%s; ignored", impl.plugin_name, name,
-                              self._where(kwargs))
+                self._failed(impl, name, kwargs, "ignored")
 
     async def veto(self, name: str, **kwargs: Any) -> None:
         """Veto, maybe-async: a GatewayError refuses; any other exception fails closed."""
-        for impl in self._impls(name):
-            try:
-                result = impl.function(*self._args(impl, kwargs))
-                if inspect.isawaitable(result):
-                    await result
-            except GatewayError as refusal:
-                log.info("plugin %s refused %s%s: %s", impl.plugin_name, name,
-                         self._where(kwargs), refusal.message)
-                raise
-            except Exception:
-                log.exception("plugin %s failed in %s%s; request refused", impl.plugin_name,
-                              name, self._where(kwargs))
-                raise Internal(f"plugin {impl.plugin_name} failed; request refused") from None
+        await self._first(name, kwargs, veto=True)
 
-    def decide(self, name: str, **kwargs: Any) -> Any:
-        """Decision (firstresult), sync: first non-None; an exception fails closed."""
+    async def decide(self, name: str, **kwargs: Any) -> Any:
+        """Decision (firstresult), maybe-async: the first non-None result, awaited if it
+        is awaitable (datasette's ``await_me_maybe``); an exception fails closed."""
+        return await self._first(name, kwargs, veto=False)
+
+    async def _first(self, name: str, kwargs: dict[str, Any], *, veto: bool) -> Any:
+        kwargs = self._kwargs(name, kwargs)
         for impl in self._impls(name):
             try:
-                result = impl.function(*self._args(impl, kwargs))
-            except GatewayError:
+                result = await self._one_awaited(impl, name, kwargs)
+            except CoreHookError:
+                raise
+            except GatewayError as refusal:
+                if veto:
+                    log.info("plugin %s refused %s%s: %s", impl.plugin_name, name,
+                             self._where(kwargs), refusal.message)
                 raise
             except Exception:
-                log.exception("plugin %s failed in %s%s; request refused", impl.plugin_name,
-                              name, self._where(kwargs))
+                self._failed(impl, name, kwargs, "request refused")
                 raise Internal(f"plugin {impl.plugin_name} failed; request refused") from None
-            if result is not None:
+            if result is not None and not veto:
                 return result
         return None
 
 
+class CoreHookError(Internal):
+    """Core called a hook without an argument its specification declares: a core bug."""
+
+    def __init__(self, hook: str) -> None:
+        super().__init__(f"internal error calling {hook} (see the gateway log)")
+
+
 def plugin_listing(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
     """Every known plugin (built-in, installed entry point, or registered), with its hooks."""
-    names: dict[str, str] = dict(BUILTIN_PLUGINS)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        names.setdefault(ep.name, ep.value)
+    builtin = builtin_plugins()
+    names = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
     rows = []
     registered = {pm.get_name(p): p for p in pm.get_plugins()}
     for name in sorted(set(names) | set(registered)):
@@ -232,7 +249,7 @@ def plugin_listing(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
             "name": name,
             "module": names.get(name) or getattr(plugin, "__name__", repr(plugin)),
             "enabled": plugin is not None,
-            "builtin": name in BUILTIN_PLUGINS or name == "core",
+            "builtin": name in builtin or name == "core",
             "hooks": hooks,
         })
     return rows

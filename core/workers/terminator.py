@@ -1,7 +1,7 @@
 """Finding and stopping worker processes that provably belong to this gateway.
 
 A worker is recognised by three things together: its command line runs
-``sessiongate.core.workerproc``, its environment carries this state dir's home
+``sessiongate.core.sdk``, its environment carries this state dir's home
 marker (a digest of the state dir's path, so two gateways on one host never touch
 each other's workers), and - where a manifest recorded them - its pid *and* start
 time. A pid reused by an unrelated process fails these checks and is left alone.
@@ -36,7 +36,7 @@ log = logging.getLogger("sessiongate.terminator")
 
 HOME_ENV = "SESSIONGATE_WORKER_HOME"
 SESSION_ENV = "SESSIONGATE_WORKER_SESSION"
-WORKER_MODULE = "sessiongate.core.workerproc"
+WORKER_MODULE = "sessiongate.core.sdk"
 START_TIME_TOLERANCE = 0.01
 
 

@@ -1,7 +1,7 @@
 """The gateway side of one worker: socket, process, handshake, commands, heartbeats.
 
 Per session the gateway listens on its own Unix socket (mode 0600, in the 0700
-runtime dir), starts ``python -m sessiongate.core.workerproc`` with the socket path
+runtime dir), starts ``python -m sessiongate.core.sdk`` with the socket path
 in its environment, hands it a fresh 32-byte nonce over its stdin (never the
 environment or argv, which the same user can read in /proc), and accepts the first
 connection that comes from that process (the kernel's SO_PEERCRED) and presents
@@ -26,13 +26,12 @@ import signal
 import socket
 import struct
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import psutil
 
-from sessiongate.core import protocol, terminator
+from sessiongate.core import protocol
 from sessiongate.core.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -41,13 +40,15 @@ from sessiongate.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from sessiongate.core.tasks import OwnedTasks
+from sessiongate.core.workers import terminator
 from sessiongate.v1 import worker_pb2
 
 __all__ = ["WORKER_MODULE", "WorkerConfig", "WorkerHandle", "nonce_digest"]
 
 log = logging.getLogger("sessiongate.workers")
 
-WORKER_MODULE = "sessiongate.core.workerproc"
+WORKER_MODULE = terminator.WORKER_MODULE
 EVENTS_FIRST_BYTE = bytes([protocol.EVENTS_TAG])
 #: the pump's sink: (encoded events, frame size in bytes, events were dropped right before)
 EventSink = Callable[[list[bytes], int, bool], None]
@@ -117,11 +118,10 @@ class WorkerHandle:
         self._ready: asyncio.Future[None] | None = None
         self._pending: dict[int, asyncio.Future[worker_pb2.Reply]] = {}
         self._next_id = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks(session_id)
         self._last_seen = 0.0
         self._stopping = False
         self.lost_reason = ""
-        self.started_at = 0.0
         self._starting: asyncio.Future[asyncio.subprocess.Process] | None = None
         self._nonce = b""
         #: the event credit: events the worker may send on its connection in all
@@ -131,11 +131,10 @@ class WorkerHandle:
 
     # -- start -------------------------------------------------------------------------
 
-    def _spawn_task(self, coro: Any, name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=f"{name}:{self.session_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    @property
+    def alive(self) -> bool:
+        """Its process runs (as far as we know) and its connection was not lost."""
+        return bool(self.pid) and not self.lost_reason and self.returncode is None
 
     async def listen(self, nonce_digest_: bytes) -> None:
         """Open the session's socket and accept a worker presenting this nonce digest."""
@@ -173,7 +172,6 @@ class WorkerHandle:
             protocol.OPTIONS_ENV: json.dumps({"backend_name": backend_name, **(options or {})}),
         })
         launch_hook(argv, env)
-        self.started_at = time.monotonic()
         # A stop() during this await must find the process, or it would stop nothing and
         # the worker would live on: it awaits the same start.
         self._starting = asyncio.ensure_future(asyncio.create_subprocess_exec(
@@ -186,7 +184,7 @@ class WorkerHandle:
         self.pid = self.process.pid
         log.info("session %s: worker started (pid %d, backend %s)", self.session_id, self.pid,
                  backend_name)
-        self._spawn_task(self._reap(), "reap")
+        self._tasks.spawn(self._reap(), "reap")
 
     async def go(self) -> None:
         """Open the socket, let the worker connect, wait until it is Ready."""
@@ -244,8 +242,8 @@ class WorkerHandle:
         if not self.accept(frame, writer):
             writer.close()
             return
-        self._spawn_task(self._read_loop(reader), "worker-reader")
-        self._spawn_task(self._heartbeats(), "worker-heartbeat")
+        self._tasks.spawn(self._read_loop(reader), "worker-reader")
+        self._tasks.spawn(self._heartbeats(), "worker-heartbeat")
 
     def accept(self, frame: worker_pb2.WorkerFrame, writer: asyncio.StreamWriter) -> bool:
         """Check a hello/adopt frame; on success take the connection and say Welcome."""
@@ -449,11 +447,10 @@ class WorkerHandle:
             self._writer.close()  # the worker sees EOF and starts phoning home
             self._writer = None
         self.lost_reason = self.lost_reason or "released for adoption"
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
 
     async def wait_tasks(self) -> None:
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._tasks.wait()
 
     async def stop(self, reason: str = "session closed") -> None:
         """Ask the worker to exit, then terminate, then kill; reap; close everything.
@@ -490,9 +487,6 @@ class WorkerHandle:
         elif self.foreign is not None:
             await terminator.stop_foreign(self.foreign, self.config.stop_timeout)
         self._lost(reason)
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_and_wait()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)

@@ -12,18 +12,20 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sessiongate.core.errors import FailedPrecondition, GatewayError, Unavailable
-from sessiongate.core.events import Distributor, Subscription, to_wire, wire_from_bodies
 from sessiongate.core.protocol import sequence_of
+from sessiongate.core.stash import Stash
+from sessiongate.core.streaming.events import Distributor, Subscription, to_wire, wire_from_bodies
+from sessiongate.core.tasks import OwnedTasks
 from sessiongate.v1 import gateway_pb2
 
 if TYPE_CHECKING:
-    from sessiongate.core.workers import WorkerHandle
+    from sessiongate.core.workers.handle import WorkerHandle
 
 __all__ = ["ENDED", "LIVE", "EndedSession", "Session", "SessionState", "new_session_id"]
 
@@ -89,9 +91,12 @@ class Session:
         self.worker: WorkerHandle | None = None
         self.distributor: Distributor | None = None
         self.ended = asyncio.Event()
-        self.attributes: dict[str, Any] = {}  # plugins keep per-session state here
+        #: plugins' per-session state (see :mod:`sessiongate.core.stash`); core never reads it
+        self.stash = Stash()
+        #: its worker was left running for a later gateway (set at shutdown, never reset)
+        self.released = False
         self._on_state = on_state
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = OwnedTasks(session_id)
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} {self.state}>"
@@ -188,32 +193,20 @@ class Session:
         if self.worker is not None:
             self.worker.grant(more)
 
-    def on_worker_frame(self, frame: Any) -> None:
-        """Adoption by a new gateway: the worker's position, then what it still holds."""
-        kind = frame.WhichOneof("body")
-        dist = self.distributor
-        if kind == "adopt":
-            adopt = frame.adopt
-            self.last_sequence = adopt.last_sequence
-            self.attributes["adopted"] = {"last_sequence": adopt.last_sequence,
-                                          "dropped_events": adopt.dropped_events}
-            reason = (gateway_pb2.WORKER_DISCONNECTED if adopt.dropped_events
-                      else gateway_pb2.GATEWAY_RESTARTED)
-            if dist is not None:
-                dist.restore([], floor=adopt.last_sequence, reason=reason)
-        elif kind == "history" and frame.history.events:
-            history = frame.history
-            events = list(history.events)
-            first_chunk = not self.attributes.get("history_received")
-            self.attributes["history_received"] = True
-            floor = events[0].sequence - 1
-            reason = (gateway_pb2.WORKER_DISCONNECTED
-                      if history.first_unsent and history.first_unsent <= floor
-                      else gateway_pb2.EVICTED)
-            if dist is not None:
-                dist.restore(to_wire(events), floor=floor if first_chunk else None,
-                             reason=reason)
-            self.last_sequence = max(self.last_sequence, events[-1].sequence)
+    def restore_events(self, events: Sequence[gateway_pb2.Event], *, floor: int | None,
+                       reason: int) -> None:
+        """Seed the event log from a worker's own record (its re-adoption): ``events``
+        are what it still holds, in order; with ``floor``, nothing at or below it will
+        come again and any hole up to the first event is announced with ``reason``.
+        The session's sequence continues from the newest of them."""
+        if self.distributor is not None:
+            self.distributor.restore(to_wire(list(events)), floor=floor, reason=reason)
+        newest = max([self.last_sequence, floor or 0] + [e.sequence for e in events[-1:]])
+        self.last_sequence = newest
+
+    def subscriptions(self) -> list[Subscription]:
+        """The session's subscriptions now (a copy: external streams and internal ones)."""
+        return list(self.distributor.subscriptions) if self.distributor is not None else []
 
     def subscribe(self, sub: Subscription, *, after_sequence: int | None = None) -> Subscription:
         if self.distributor is None or not self.live:
@@ -228,17 +221,10 @@ class Session:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run a task owned by this session (cancelled and awaited at teardown)."""
-        task = asyncio.create_task(coro, name=f"{name}:{self.session_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._tasks.spawn(coro, name)
 
     async def cancel_tasks(self) -> None:
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.cancel_and_wait()
 
     # -- endings -----------------------------------------------------------------------
 
@@ -296,7 +282,8 @@ class EndedSession:
         self.reason = session.reason
         self.last_sequence = session.last_sequence
         self.ended_at = time.monotonic()
-        self.attributes: dict[str, Any] = {}  # empty: plugin state went with the session
+        self.released = session.released
+        self.stash = Stash()  # empty: plugin state went with the session
         self._info = session.info()
         self.ended = asyncio.Event()
         self.ended.set()

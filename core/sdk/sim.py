@@ -11,7 +11,7 @@ import math
 import os
 from typing import Any
 
-from sessiongate.core.worker import BATCH_EVENTS, Backend, CommandError, command
+from sessiongate.core.sdk.worker import BATCH_EVENTS, Backend, CommandError, command
 
 __all__ = ["Sim"]
 

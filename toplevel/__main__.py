@@ -1,5 +1,5 @@
 """``python -m sessiongate`` runs the same CLI as the ``sessiongate`` script."""
 
-from sessiongate.core.cli import main
+from sessiongate.core.cli.commands import main
 
 raise SystemExit(main())

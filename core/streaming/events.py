@@ -47,7 +47,7 @@ from sessiongate.core.errors import (
 from sessiongate.v1 import gateway_pb2
 
 if TYPE_CHECKING:
-    from sessiongate.core.auth import Identity
+    from sessiongate.core.identity import Identity
 
 __all__ = ["GRPC", "INTERNAL", "Distributor", "Event", "EventLog", "Gap", "Subscription"]
 
@@ -475,7 +475,7 @@ class Distributor:
                 self.external_count >= self.max_external:
             raise AlreadyExists(
                 f"session {self.session_id} already has an event subscriber "
-                "(enable the fanout plugin for more than one)")
+                "(this gateway's distributor takes one; see the deployer's guide)")
 
     def subscribe(self, sub: Subscription, *, after_sequence: int | None = None) -> Subscription:
         """Register ``sub`` at the head; with ``after_sequence``, at the retained event
@@ -485,8 +485,7 @@ class Distributor:
         if after_sequence is not None:
             if not self.supports_replay:
                 raise FailedPrecondition(
-                    "after_sequence needs a distributor with a replay ring "
-                    "(plugins.fanout.enabled and plugins.reconnect.enabled)")
+                    "after_sequence: this session's distributor keeps no replay ring")
             self.trim()
             cursor, gap = self.log.locate(after_sequence)
             taken = after_sequence

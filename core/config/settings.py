@@ -433,13 +433,18 @@ def _dynaconf(config_file: str | os.PathLike[str] | None) -> Dynaconf:
     return settings
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``, keys lower-cased."""
+def flatten(data: Mapping[str, Any], prefix: str = "",
+            leaves: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``, keys lower-cased.
+
+    :param leaves: keys whose value is a table held whole (a setting such as a mapping
+        of names to lists), not looked into.
+    """
     out: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{prefix}{str(key).lower()}"
-        if isinstance(value, Mapping) and value and not name.endswith("group_tags"):
-            out.update(flatten(value, name + "."))
+        if isinstance(value, Mapping) and value and name not in leaves:
+            out.update(flatten(value, name + ".", leaves))
         else:
             out[name] = value
     return out
@@ -462,6 +467,41 @@ def _problems(settings: Dynaconf, rules: list[Setting]) -> list[str]:
                 problems.append(f"{rule.key}: cannot be checked: {_reason(exc)}")
         return problems
     return []
+
+
+def _shipped_switches() -> set[str]:
+    """The plugins the shipped defaults have a switch for (``plugins.<name>.enabled``)."""
+    with open(defaults_path(), "rb") as fh:
+        plugins = tomllib.load(fh).get("plugins", {})
+    return {str(name).lower() for name, table in plugins.items()
+            if isinstance(table, Mapping) and "enabled" in table}
+
+
+def builtin_plugins() -> dict[str, str]:
+    """The plugins this distribution ships: its own entry points, name → module."""
+    from importlib.metadata import entry_points
+
+    from sessiongate.core import ENTRY_POINT_GROUP, PROJECT
+
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)
+            if ep.dist is not None and ep.dist.name == PROJECT}
+
+
+def installed_plugin_names(extra_plugins: Iterable[Any] = ()) -> set[str]:
+    """Every name a ``plugins.<name>`` settings table may have: the installed entry
+    points (read from metadata, nothing imported), the switches of the shipped defaults
+    and ``extra_plugins`` (tests), whether switched on or off."""
+    from importlib.metadata import entry_points
+
+    from sessiongate.core import ENTRY_POINT_GROUP
+
+    names = _shipped_switches()
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    for plugin in extra_plugins:
+        name = getattr(plugin, "__name__", None)  # pluggy's canonical name
+        if isinstance(name, str):
+            names.add(name)
+    return {name.lower() for name in names}
 
 
 def _shipped_tables() -> list[str]:
@@ -510,8 +550,6 @@ def load_settings(
         (default: the built-in plugins and the installed entry points); a table of any
         other name is refused, with a suggestion.
     """
-    from sessiongate.core.plugins import BUILTIN_PLUGINS, installed_plugin_names
-
     settings = _dynaconf(config_file)
     installed = ({str(n).lower() for n in installed_plugins} if installed_plugins is not None
                  else installed_plugin_names())
@@ -532,10 +570,11 @@ def load_settings(
     names = [] if _under("plugins", broken) else _plugin_names(settings)
     skipped += broken
     rules = [r for r in core_settings() if not _under(r.key, skipped)]
-    # Built-in switches are shipped in the defaults; a third-party plugin's table may
-    # leave its switch out (it is on when installed).
+    # Switches shipped in the defaults must stay; a plugin whose table the defaults do not
+    # have may leave its switch out (it is on when installed).
+    shipped = _shipped_switches()
     switches = [boolean(f"plugins.{name}.enabled", f"Switches the {name} plugin on or off.",
-                        required=name in BUILTIN_PLUGINS, default=True)
+                        required=name in shipped, default=True)
                 for name in names if not _under(f"plugins.{name}", skipped)]
     problems += _problems(settings, rules + switches)
     if plugin_rules is not None and not broken and not any(
@@ -548,7 +587,7 @@ def load_settings(
     # a disabled (never imported) plugin cannot say which of its keys exist.
     checked = {k.split(".")[1] for k in known if k.startswith("plugins.") and
                not k.endswith(".enabled")} if plugin_rules is not None else set()
-    for key in sorted(flatten(settings.as_dict())):
+    for key in sorted(flatten(settings.as_dict(), leaves=known)):
         if key in known or key in ENV_ONLY or _under(key, skipped):
             continue
         parts = key.split(".")
@@ -560,10 +599,15 @@ def load_settings(
     return settings
 
 
-def redacted(settings: Dynaconf, secret_keys: Iterable[str]) -> dict[str, Any]:
-    """The effective settings as a flat dict with every secret replaced by ``***``."""
+def redacted(settings: Dynaconf, secret_keys: Iterable[str],
+             leaves: Iterable[str] = ()) -> dict[str, Any]:
+    """The effective settings as a flat dict with every secret replaced by ``***``.
+
+    :param leaves: the keys of every rule: a table-valued setting is shown whole.
+    """
     secrets = set(secret_keys)
-    flat = {k: v for k, v in flatten(settings.as_dict()).items() if k not in ENV_ONLY}
+    flat = {k: v for k, v in flatten(settings.as_dict(), leaves=set(leaves)).items()
+            if k not in ENV_ONLY}
     return {printable(k): (REDACTED if (k in secrets or SECRET_NAME.search(k.rsplit(".", 1)[-1]))
                            and v not in ("", None) else v)
             for k, v in sorted(flat.items())}

@@ -1,6 +1,6 @@
 """pytest plugin with fixtures for sessiongate and its plugins' tests.
 
-``tests/conftest.py`` loads it with ``pytest_plugins = ["sessiongate.core.testing"]``;
+``tests/conftest.py`` loads it with ``pytest_plugins = ["sessiongate.testing"]``;
 third-party plugin authors can do the same.
 
 * ``make_gateway(**overrides)`` starts a real gateway (real worker processes, a real
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import os
 import pathlib
@@ -25,47 +26,63 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
 
-__all__ = ["GatewayHandle", "GatewayProcess", "enabled_plugins", "rpc_error", "stream_end",
-           "wait_for", "write_config"]
+if TYPE_CHECKING:
+    from sessiongate.client import GatewayClient
+    from sessiongate.core.streaming.events import Distributor, Subscription
+
+__all__ = ["DistributorHarness", "GatewayHandle", "GatewayProcess", "enabled_plugins",
+           "open_streaming", "rpc_error", "stream_end", "toml_key", "toml_value", "wait_for",
+           "write_config"]
 
 PLUGINS = ("fanout", "reconnect", "acl", "reattach")
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML literal: booleans, numbers (``nan``/``inf`` too), strings, lists,
+    tuples, inline tables and dates/times.
+
+    Strings are written as UTF-8, not ``\\u`` escapes: JSON escapes a character beyond
+    the BMP as a surrogate pair, which TOML refuses; DEL is the one character JSON leaves
+    raw that TOML does not accept.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}"
+        return "{" + ", ".join(f"{toml_value(k)} = {toml_value(v)}"
                                for k, v in value.items()) + "}"
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
     raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def toml_key(key: str) -> str:
+    """A dotted key (``a.b``: table ``a``, key ``b``), each part bare or quoted as TOML needs."""
+    return ".".join(part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else toml_value(part)
+                    for part in key.split("."))
 
 
 def write_config(path: pathlib.Path, overrides: dict[str, Any]) -> pathlib.Path:
     """A user settings file with dotted keys (``a.b = 1`` is valid TOML)."""
-    lines = []
-    for key, value in overrides.items():
-        dotted = ".".join(json.dumps(p) if not re.fullmatch(r"[A-Za-z0-9_-]+", p) else p
-                          for p in key.split("."))
-        lines.append(f"{dotted} = {_toml_value(value)}")
-    path.write_text("\n".join(lines) + "\n")
+    lines = [f"{toml_key(key)} = {toml_value(value)}" for key, value in overrides.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
 def enabled_plugins() -> set[str]:
     """Built-in plugins switched on by the shipped defaults plus the environment."""
-    from sessiongate.core.settings import load_settings
+    from sessiongate.core.config.settings import load_settings
 
     settings = load_settings()
     return {name for name in PLUGINS if settings.get(f"plugins.{name}.enabled") is True}
@@ -125,10 +142,10 @@ class GatewayHandle:
         return self.gateway.settings
 
     def client(self, key: str | None = None) -> Any:
-        """A :class:`sessiongate.core.client.GatewayClient` (channel closed at teardown)."""
+        """A :class:`sessiongate.client.GatewayClient` (channel closed at teardown)."""
         import grpc
 
-        from sessiongate.core.client import GatewayClient
+        from sessiongate.client import GatewayClient
 
         channel = grpc.aio.insecure_channel(self.address)
         self._channels.append(channel)
@@ -149,8 +166,8 @@ class GatewayHandle:
 async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> AsyncIterator[Any]:
     """Factory: ``gw = await make_gateway(**{"dotted.key": value})``; stopped at teardown."""
     from sessiongate.core.gateway import Gateway
-    from sessiongate.core.plugins import load
-    from sessiongate.core.server import GrpcServer
+    from sessiongate.core.pluginhost.host import load
+    from sessiongate.core.rpc.server import GrpcServer
 
     handles: list[GatewayHandle] = []
     counter = 0
@@ -199,7 +216,7 @@ async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Async
                     await proc.wait()
         # With reattach on, a graceful stop leaves workers running for the next gateway
         # on this state dir; no test wants them to outlive it.
-        from sessiongate.core.terminator import home_marker, terminate_leftovers
+        from sessiongate.core.workers.terminator import home_marker, terminate_leftovers
 
         await terminate_leftovers(home_marker(tmp_path / "state"))
 
@@ -294,7 +311,7 @@ def gateway_process(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Iterator
                     proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        from sessiongate.core.terminator import home_marker, leftover_workers
+        from sessiongate.core.workers.terminator import home_marker, leftover_workers
 
         for worker in leftover_workers(home_marker(tmp_path / "state")):
             with contextlib.suppress(Exception):
@@ -314,6 +331,20 @@ async def stream_end(call: Any) -> tuple[Any, str]:
     return await call.code(), await call.details() or ""
 
 
+async def open_streaming(client: GatewayClient, client_name: str = "test",
+                         **stream_options: Any) -> tuple[str, Any]:
+    """Open a session and attach a stream to it: ``(session id, call)``.
+
+    Returns once the stream's first response, the caught-up marker, has been read: the
+    subscription is then registered, so every event the session emits later reaches it.
+    """
+    sid = (await client.open(client_name=client_name)).session_id
+    call = client.stream(sid, **stream_options)
+    first = await call.read()
+    assert first.caught_up, first
+    return sid, call
+
+
 async def rpc_error(awaitable: Any) -> Any:
     """The ``grpc.aio.AioRpcError`` a call ends with; fails the test if it succeeds."""
     import grpc
@@ -331,3 +362,80 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.01
         if loop.time() > deadline:
             raise TimeoutError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+class DistributorHarness:
+    """A distributor on its own, its callbacks recorded, and a well-behaved worker.
+
+    For unit tests of core's distributor or one a plugin returns from
+    ``sg_make_distributor``, without a gateway: ``make`` is called with what core passes
+    (``session_id``, ``capacity``, ``policy``, the callbacks, ``stall_timeout``) plus
+    ``options`` (``log=``, the distributor's own arguments).
+
+    ``grants`` are the raw values passed to ``grant`` (how many more events the worker
+    may send beyond those published so far, or None); ``credits`` the same as the
+    worker sees them: the number of events it may have sent in all. Every callback
+    wakes :meth:`until`, so a test waits on what happens, never on time.
+    """
+
+    def __init__(self, make: Callable[..., Distributor], *, capacity: int = 100,
+                 policy: str = "disconnect_subscriber", stall_timeout: float = 30.0,
+                 **options: Any) -> None:
+        self.faults: list[str] = []
+        self.released: list[tuple[Subscription, str]] = []
+        self.overflows: list[str] = []
+        self.grants: list[int | None] = []
+        self.credits: list[int | None] = []
+        self.published = 0
+        self.next_seq = 1
+        self._changed = asyncio.Event()
+        self.dist = make(session_id="s1", capacity=capacity, policy=policy,
+                         fault_session=self._fault, on_release=self._release,
+                         count_overflow=self.overflows.append, grant=self._grant,
+                         stall_timeout=stall_timeout, **options)
+
+    def _grant(self, more: int | None) -> None:
+        self.grants.append(more)
+        self.credits.append(None if more is None else self.published + more)
+        self._changed.set()
+
+    def _fault(self, reason: str) -> None:
+        self.faults.append(reason)
+        self._changed.set()
+
+    def _release(self, sub: Subscription, reason: str) -> None:
+        self.released.append((sub, reason))
+        self._changed.set()
+
+    def publish(self, n: int, event_bytes: int = 0) -> None:
+        """The worker sends the next ``n`` events, ``event_bytes`` each on the wire."""
+        from sessiongate.v1.gateway_pb2 import Event
+
+        batch = [Event(sequence=s) for s in range(self.next_seq, self.next_seq + n)]
+        self.next_seq += n
+        self.published += n
+        self.dist.publish(batch, n * event_bytes)
+
+    @property
+    def credit(self) -> int | None:
+        return self.credits[-1] if self.credits else None
+
+    def publish_to_grant(self, event_bytes: int = 0) -> None:
+        """What a well-behaved worker does: send everything its credit allows."""
+        assert self.credit is not None
+        n = self.credit - self.published
+        if n > 0:
+            self.publish(n, event_bytes)
+
+    def sub(self, *, after_sequence: int | None = None, **kw: Any) -> Subscription:
+        """Subscribe a new :class:`Subscription` built from ``kw``."""
+        from sessiongate.core.streaming.events import Subscription
+
+        return self.dist.subscribe(Subscription(**kw), after_sequence=after_sequence)
+
+    async def until(self, done: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Wait until ``done()`` holds, checking it after each callback."""
+        async with asyncio.timeout(timeout):
+            while not done():
+                self._changed.clear()
+                await self._changed.wait()

@@ -22,7 +22,7 @@ from typing import Any
 from sessiongate.core.errors import InvalidArgument, NotFound, Unauthenticated
 from sessiongate.core.storage import SqliteStore
 
-__all__ = ["ADMIN_SCOPE", "KEY_PREFIX", "KNOWN_SCOPES", "Identity", "KeyStore",
+__all__ = ["ADMIN_SCOPE", "KEY_PREFIX", "KNOWN_SCOPES", "Identity", "KeyStore", "LoginGrant",
            "parse_bearer", "unknown_scope_message"]
 
 ADMIN_SCOPE = "sessions:admin"
@@ -166,3 +166,14 @@ class KeyStore(SqliteStore):
         rows = list(await self.db.execute_fetchall(
             "SELECT revoked_at FROM api_keys WHERE key_id = ?", (key_id,)))
         return bool(rows) and rows[0][0] is None
+
+
+@dataclasses.dataclass(frozen=True)
+class LoginGrant:
+    """What a successful ``Login`` gives (``sg_login``): a bearer token the same plugin
+    accepts at ``sg_authenticate``, when it expires (Unix time) and what it grants."""
+
+    token: str = dataclasses.field(repr=False)  # a secret: never in a repr or a log
+    expires_at: float
+    admin: bool = False
+    tags: tuple[str, ...] = ()

@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sessiongate.core.settings import SettingsError
+from sessiongate.core.config.settings import SettingsError
 
 __all__ = ["build_parser", "main"]
 
@@ -61,7 +61,7 @@ def _whole_number(unit: str, zero: str, limit: int) -> Any:
 
 
 def _scope(text: str) -> str:
-    from sessiongate.core.auth import unknown_scope_message
+    from sessiongate.core.identity import unknown_scope_message
 
     problem = unknown_scope_message(text)
     if problem:
@@ -170,7 +170,7 @@ def _err(message: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from sessiongate.core.plugins import load
+    from sessiongate.core.pluginhost.host import load
 
     return load(args.config)
 
@@ -218,10 +218,10 @@ def _silence_closed_pipes() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sessiongate.core import logs
+    from sessiongate.core.config import logs
     from sessiongate.core.errors import StartupError
     from sessiongate.core.gateway import Gateway
-    from sessiongate.core.server import serve
+    from sessiongate.core.rpc.server import serve
 
     settings, pm = _load(args)
     logs.configure(str(settings.log.level), args.log_format or str(settings.log.format))
@@ -242,10 +242,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _secret_keys(settings: Any, pm: Any) -> set[str]:
-    """Keys to redact: rules flagged ``secret`` and what ``sg_secret_settings`` names."""
-    from sessiongate.core.plugins import Hooks
-    from sessiongate.core.settings import core_settings
+def _secret_keys(settings: Any, pm: Any) -> tuple[set[str], set[str]]:
+    """Keys to redact (rules flagged ``secret`` and what ``sg_secret_settings`` names),
+    and the key of every rule."""
+    from sessiongate.core.config.settings import core_settings
+    from sessiongate.core.pluginhost.host import Hooks
 
     hooks = Hooks(pm)
     rules = list(core_settings())
@@ -254,21 +255,22 @@ def _secret_keys(settings: Any, pm: Any) -> set[str]:
     keys = {rule.key for rule in rules if rule.secret}
     for names in hooks.collect("sg_secret_settings"):
         keys.update(names)
-    return keys
+    return keys, {rule.key for rule in rules}
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from sessiongate.core.settings import redacted
+    from sessiongate.core.config.settings import redacted
 
     settings, pm = _load(args)
-    for key, value in redacted(settings, _secret_keys(settings, pm)).items():
+    secret, known = _secret_keys(settings, pm)
+    for key, value in redacted(settings, secret, known).items():
         print(f"{key} = {json.dumps(value, default=str)}")
     print("settings are valid", file=sys.stderr)
     return 0
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from sessiongate.core.plugins import plugin_listing
+    from sessiongate.core.pluginhost.host import plugin_listing
 
     _settings, pm = _load(args)
     for row in plugin_listing(pm):
@@ -281,8 +283,8 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 async def _keys(args: argparse.Namespace) -> int:
-    from sessiongate.core.auth import KeyStore
     from sessiongate.core.errors import GatewayError
+    from sessiongate.core.identity import KeyStore
 
     settings, _pm = _load(args)
     state_dir = pathlib.Path(str(settings.state_dir))
@@ -322,8 +324,8 @@ async def _keys(args: argparse.Namespace) -> int:
 
 def _client_target(args: argparse.Namespace) -> tuple[str, str, str]:
     """The server, the key, and what to tell a user whose key the gateway refuses."""
+    from sessiongate.core.config.settings import load_settings
     from sessiongate.core.gateway import BOOTSTRAP_KEY_FILE
-    from sessiongate.core.settings import load_settings
 
     settings = load_settings(args.config)
     server = args.server or os.environ.get(SERVER_ENV) or str(settings.server.grpc_address)
@@ -387,7 +389,7 @@ def _timestamp_json(seconds: int, nanos: int) -> str:
 async def _client(args: argparse.Namespace) -> int:
     import grpc
 
-    from sessiongate.core import client as api
+    from sessiongate import client as api
     from sessiongate.v1 import gateway_pb2
 
     server, key, refused = _client_target(args)
@@ -426,7 +428,7 @@ async def _client(args: argparse.Namespace) -> int:
 
 async def _stream(gw: Any, args: argparse.Namespace) -> int:
     """Events as JSON lines on stdout, one write and flush per response."""
-    from sessiongate.core import client as api
+    from sessiongate import client as api
 
     printed = 0
     last = args.after  # the newest sequence on stdout (or where we started)
@@ -534,7 +536,7 @@ class _ReconnectStatus:
     def reconnecting(self, item: Any) -> None:
         import grpc
 
-        from sessiongate.core.client import is_gateway_shutdown
+        from sessiongate.client import is_gateway_shutdown
 
         self.tries += 1
         if self.tries == 1:

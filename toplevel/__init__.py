@@ -1,6 +1,6 @@
 """sessiongate: a session gateway fronting per-session worker processes.
 
-Kept import-free on purpose: worker processes import ``sessiongate.core.worker``
+Kept import-free on purpose: worker processes import ``sessiongate.core.sdk.worker``
 and must start fast (see bench/).
 """
 

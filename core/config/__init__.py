@@ -1,0 +1,1 @@
+"""Settings (dynaconf, validated all at once) and logging setup."""

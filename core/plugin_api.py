@@ -1,0 +1,139 @@
+"""The gateway as a plugin sees it: :class:`GatewayAPI`, the ``gateway`` argument of hooks.
+
+Modelled on the objects pytest (``config``) and datasette (``datasette``) hand their
+plugins: documented, stable methods, and nothing else. A plugin keeps its own
+gateway-wide state in :attr:`GatewayAPI.stash` and per-session state in
+``session.stash`` (typed keys, :mod:`sessiongate.core.stash`); core reads neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from sessiongate.core.stash import Stash
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from sessiongate.core.config.settings import Settings
+    from sessiongate.core.gateway import Gateway
+    from sessiongate.core.metrics import Metrics
+    from sessiongate.core.sessions.manager import AdoptionRecord
+    from sessiongate.core.sessions.session import Session
+    from sessiongate.core.streaming.events import Subscription
+    from sessiongate.v1 import worker_pb2
+
+__all__ = ["GatewayAPI", "InternalConsumer"]
+
+log = logging.getLogger("sessiongate.gateway")
+
+#: an internal subscriber: ``await consumer(session, subscription)`` reads the events
+InternalConsumer = Callable[["Session", "Subscription"], Coroutine[Any, Any, None]]
+
+
+class GatewayAPI:
+    """One running gateway, for its plugins. Valid from ``sg_startup`` to ``sg_shutdown``
+    (the settings and paths from creation on)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+        #: the plugins' gateway-wide state, under their own :class:`StashKey`\\ s
+        self.stash = Stash()
+
+    # -- what it is --------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The validated settings (read-only by convention)."""
+        return self._gateway.settings
+
+    @property
+    def state_dir(self) -> pathlib.Path:
+        """The gateway's private folder (0700, locked by this gateway)."""
+        return self._gateway.state_dir
+
+    @property
+    def instance_id(self) -> str:
+        """Random per gateway process; core's worker socket names start with it."""
+        return self._gateway.instance_id
+
+    @property
+    def metrics(self) -> Metrics:
+        """The gateway's counters: ``gateway.metrics.inc(name, **labels)``."""
+        return self._gateway.metrics
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def session(self, session_id: str) -> Session | None:
+        """The live session with this id, or None (ended or unknown)."""
+        return self._gateway.sessions.live.get(session_id)
+
+    def sessions(self) -> list[Session]:
+        """Every live session (a copy: safe to iterate across awaits)."""
+        return list(self._gateway.sessions.live.values())
+
+    async def close_session(self, session: Session, reason: str) -> None:
+        """Close ``session`` (idempotent): its streams end OK after their backlog, its
+        worker stops; returns when it has ended. ``reason`` is for people."""
+        await self._gateway.sessions.close(session, reason)
+
+    def attach_internal(self, session: Session, consumer: InternalConsumer,
+                        name: str | None = None) -> Subscription | None:
+        """Feed ``consumer`` the session's events through an internal subscription (it
+        never counts toward caps, leases or attachment), run as a task the session owns.
+        None if the session cannot take subscribers (it is ending)."""
+        return self._gateway.sessions.attach_internal(session, consumer, name)
+
+    def distributor_options(self, session: Session, **extra: Any) -> dict[str, Any]:
+        """The keyword arguments a :class:`~sessiongate.core.streaming.events.Distributor`
+        of ``session`` needs (for ``sg_make_distributor``), with ``extra`` added."""
+        return self._gateway.sessions.distributor_options(session, **extra)
+
+    # -- identity ----------------------------------------------------------------------
+
+    async def key_is_active(self, key_id: str) -> bool:
+        """Is this API key known and not revoked (read from the shared key store)?"""
+        return await self._gateway.keys.is_active(key_id)
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the gateway owns: cancelled and awaited at shutdown,
+        after every session has ended and before ``sg_shutdown``."""
+        return self._gateway.tasks.spawn(coro, name)
+
+    # -- workers that outlive their gateway -----------------------------------------------
+
+    def adoption_record(self, session: Session) -> AdoptionRecord | None:
+        """What a later gateway needs to adopt this session's worker (None if it has no
+        running worker). Valid for a released session too (its worker runs on)."""
+        from sessiongate.core.sessions.manager import AdoptionRecord
+
+        worker = session.worker
+        if worker is None or worker.pid is None or worker.returncode is not None \
+                or not (worker.alive or session.released):
+            return None
+        try:
+            create_time = psutil.Process(worker.pid).create_time()
+        except psutil.Error:
+            return None  # already gone: the session is faulting
+        return AdoptionRecord(
+            session_id=session.session_id, owner_key_id=session.owner_key_id,
+            client_name=session.client_name, backend=session.backend, tag=session.tag,
+            lease_seconds=session.lease_seconds, pid=worker.pid, create_time=create_time,
+            socket_path=worker.socket_path, nonce_digest=worker.nonce_digest)
+
+    async def adopt_session(
+            self, record: AdoptionRecord, *, window: float,
+            on_frame: Callable[[Session, worker_pb2.WorkerFrame], None]) -> Session | None:
+        """Adopt the running worker ``record`` describes (see
+        :meth:`~sessiongate.core.sessions.manager.SessionManager.adopt`): the session is
+        READY again, or None (the worker was not ours, or did not phone home in
+        ``window`` seconds, and is stopped). ``on_frame`` gets its adopt and history
+        frames. ``sg_session_adopted`` fires on success."""
+        return await self._gateway.sessions.adopt(record, window=window, on_frame=on_frame)

@@ -1,0 +1,3 @@
+"""Events on their way to subscribers: the per-session event log, subscriber cursors and
+flow control.
+"""

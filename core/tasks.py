@@ -1,0 +1,58 @@
+"""Owned background tasks: whoever spawns a task keeps it, and cancels and awaits it.
+
+One small mechanism for the gateway, each session and each worker handle, so no
+task is ever left running unobserved after its owner ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Coroutine
+from typing import Any
+
+__all__ = ["OwnedTasks"]
+
+
+class OwnedTasks:
+    """A set of running tasks; a finished task leaves the set by itself.
+
+    :param suffix: appended to every task's name (``name:suffix``), e.g. a session id,
+        so a task dump says whose task it is.
+    """
+
+    def __init__(self, suffix: str = "") -> None:
+        self._suffix = f":{suffix}" if suffix else ""
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task owned here."""
+        task = asyncio.create_task(coro, name=f"{name}{self._suffix}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def named(self, names: Collection[str]) -> list[asyncio.Task[Any]]:
+        """The running tasks spawned under one of ``names``."""
+        wanted = {f"{name}{self._suffix}" for name in names}
+        return [t for t in self._tasks if t.get_name() in wanted]
+
+    async def wait(self) -> None:
+        """Await every task (not the caller's own), without cancelling them."""
+        current = asyncio.current_task()
+        await asyncio.gather(*(t for t in list(self._tasks) if t is not current),
+                             return_exceptions=True)
+
+    def cancel(self) -> list[asyncio.Task[Any]]:
+        """Cancel every task but the caller's own; returns them (to await)."""
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        return tasks
+
+    async def cancel_and_wait(self) -> None:
+        """Cancel every task (not the caller's own) and await their end."""
+        await asyncio.gather(*self.cancel(), return_exceptions=True)
