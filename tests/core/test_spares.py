@@ -1,5 +1,5 @@
-"""Spare workers: a refused open never hands its spare to anyone (the used-and-replaced
-case is in test_workers.py)."""
+"""Spare workers: a refused open never hands its spare to anyone; a dead one is replaced at
+once (the used-and-replaced case is in test_workers.py)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,14 @@ async def test_a_refused_open_never_hands_its_spare_to_the_next_client(make_gate
     assert not psutil.pid_exists(spare_worker.pid) or \
         psutil.Process(spare_worker.pid).status() == psutil.STATUS_ZOMBIE
 
+
+
+async def test_a_spare_that_dies_is_replaced_at_once_not_at_the_next_open(make_gateway):
+    gw = await make_gateway(**{"workers.spare_workers": 1})
+    manager = gw.gateway.sessions
+    await wait_for(lambda: len(manager.spares.ready) == 1)
+    dead = manager.spares.ready[0][1]
+    psutil.Process(dead.pid).kill()
+    # no open in between: the pool notices the loss and starts another by itself
+    await wait_for(lambda: [h for _s, h in manager.spares.ready if h is not dead] != [])
+    assert all(h is not dead for _s, h in manager.spares.ready)
