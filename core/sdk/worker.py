@@ -40,6 +40,7 @@ import inspect
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
 import time
@@ -594,10 +595,15 @@ class WorkerRuntime:
             log.warning("worker %s: command %s failed: %s", self.session_id, cmd.command, exc)
             reply.status = worker_pb2.REPLY_TOO_LARGE
             reply.error = str(exc)
-        except Exception as exc:  # a handler bug fails that command, not the worker
-            log.exception("worker %s: command %s failed", self.session_id, cmd.command)
+        except Exception:  # a handler bug fails that command, not the worker
+            # The exception's text may hold anything (paths, hosts, a password in a DSN):
+            # it goes to the log (the gateway's stderr), the client gets an id to quote.
+            incident = secrets.token_hex(6)
+            log.exception("worker %s: command %s failed (incident %s)", self.session_id,
+                          cmd.command, incident)
             reply.status = worker_pb2.REPLY_FAILED
-            reply.error = f"{type(exc).__name__}: {exc}"
+            reply.error = (f"the backend failed (incident {incident}; the details are in "
+                           "the gateway's log)")
         frame_size = frame.ByteSize()
         if frame_size > self.max_frame:  # the command fails alone, the session goes on
             if reply.status == worker_pb2.REPLY_OK:

@@ -232,6 +232,10 @@ from sessiongate.core.sdk.worker import Backend, command
 
 class Big(Backend):
     @command()
+    def crash(self, payload):
+        raise RuntimeError("connect failed: postgres://app:hunter2@db.internal/app")
+
+    @command()
     def reply(self, payload):
         return "x" * payload["size"]
 
@@ -272,6 +276,21 @@ async def _open_on_big_backend(make_gateway: Any, folder: pathlib.Path,
     client = gw.client()
     sid = (await client.open(client_name="x", backend="big")).session_id
     return gw, client, sid
+
+
+@pytest.mark.asyncio
+async def test_a_backend_exception_reaches_the_client_as_an_incident_id_only(
+        make_gateway, tmp_path, capfd):
+    gw, client, sid = await _open_on_big_backend(make_gateway, tmp_path, 65536)
+    error = await rpc_error(client.invoke_json(sid, "crash", {}))
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "hunter2" not in error.details() and "RuntimeError" not in error.details()
+    incident = re.search(r"incident ([0-9a-f]{12})", error.details())
+    assert incident, error.details()
+    # the operator finds the whole story under that id in the log (the worker's stderr)
+    log = capfd.readouterr().err
+    assert f"incident {incident.group(1)}" in log and "hunter2" in log
+    assert gw.gateway.sessions.live[sid].state == "READY"
 
 
 @pytest.mark.asyncio
