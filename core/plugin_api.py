@@ -115,8 +115,9 @@ class GatewayAPI:
         from sessiongate.core.sessions.manager import AdoptionRecord
 
         worker = session.worker
-        if worker is None or worker.pid is None or worker.returncode is not None \
-                or not (worker.alive or session.released):
+        if worker is None or worker.pid is None:
+            return None
+        if not (worker.alive or (session.released and worker.returncode is None)):
             return None
         try:
             create_time = psutil.Process(worker.pid).create_time()

@@ -208,8 +208,6 @@ class SessionManager:
         backend = backend or str(self.settings.workers.backend)
         self._check_open(client_name, backend, tag, lease_seconds)
         await self.authorize(identity, "open", None)
-        if not self.accepting:
-            raise Unavailable(f"{SHUTDOWN_MESSAGE}: no new sessions")
         spare = self.spares.take(backend)
         session = spare[0] if spare else self._new_session(backend)
         session.owner_key_id, session.client_name, session.tag = identity.key_id, client_name, tag

@@ -201,8 +201,8 @@ class Session:
         The session's sequence continues from the newest of them."""
         if self.distributor is not None:
             self.distributor.restore(to_wire(list(events)), floor=floor, reason=reason)
-        newest = max([self.last_sequence, floor or 0] + [e.sequence for e in events[-1:]])
-        self.last_sequence = newest
+        self.last_sequence = max(self.last_sequence, floor or 0,
+                                 events[-1].sequence if events else 0)
 
     def subscriptions(self) -> list[Subscription]:
         """The session's subscriptions now (a copy: external streams and internal ones)."""
@@ -282,7 +282,6 @@ class EndedSession:
         self.reason = session.reason
         self.last_sequence = session.last_sequence
         self.ended_at = time.monotonic()
-        self.released = session.released
         self.stash = Stash()  # empty: plugin state went with the session
         self._info = session.info()
         self.ended = asyncio.Event()

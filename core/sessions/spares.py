@@ -44,9 +44,6 @@ class SparePool:
         self._starting = 0
         self.accepting = True
 
-    def __len__(self) -> int:
-        return len(self._ready)
-
     @property
     def ready(self) -> list[tuple[Session, WorkerHandle]]:
         """The waiting workers, oldest first (a copy)."""

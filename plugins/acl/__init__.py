@@ -65,14 +65,6 @@ async def sg_startup(gateway: GatewayAPI) -> None:
 
 
 @hookimpl
-async def sg_shutdown(gateway: GatewayAPI) -> None:
-    # The runtime stays: calls still draining keep being decided by it.
-    runtime = runtime_of(gateway)
-    if runtime is not None:
-        await runtime.stop()
-
-
-@hookimpl
 def sg_stream_keeps_alive(session: Session, identity: Identity) -> bool:
     """Owner's and admins' streams keep the session alive; viewers only watch."""
     return keeps_alive(identity, session)

@@ -54,7 +54,6 @@ class AclRuntime:
         self.ldap_enabled = bool(acl.ldap.enabled)
         self.directory: Directory | None = None
         self.tokens: TokenSigner | None = None
-        self._watcher: asyncio.Task[None] | None = None
         self._logins_in_flight = 0
 
     async def start(self) -> None:
@@ -64,15 +63,10 @@ class AclRuntime:
             self.directory = Directory(LdapConfig.from_settings(self.gateway.settings))
             self.tokens = await asyncio.to_thread(TokenSigner.from_state_dir,
                                                   self.gateway.state_dir, self.ttl)
-        self._watcher = self.gateway.spawn(self._watch(), "acl-revocation-watcher")
+        # owned by the gateway: cancelled and awaited at shutdown
+        self.gateway.spawn(self._watch(), "acl-revocation-watcher")
         log.info("acl: sessions are owner/admin/tag gated; LDAP login %s",
                  f"on ({self.directory.config.url})" if self.directory else "off")
-
-    async def stop(self) -> None:
-        task, self._watcher = self._watcher, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
 
     # -- decisions -----------------------------------------------------------------------
 
