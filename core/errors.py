@@ -49,11 +49,15 @@ class GatewayError(Exception):
 
     code: str = "INTERNAL"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        #: seconds after which a retry may succeed; sent as trailing metadata
+        #: ``retry-after`` (whole seconds, rounded up) with the status
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code}: {self.message})"

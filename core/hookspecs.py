@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from sessiongate.core.config.settings import Setting, Settings
     from sessiongate.core.identity import Identity, LoginGrant
     from sessiongate.core.plugin_api import GatewayAPI
+    from sessiongate.core.plugin_cli import PluginCommand
     from sessiongate.core.sessions.session import Session
     from sessiongate.core.streaming.events import Distributor, Subscription
 
@@ -47,6 +48,7 @@ __all__ = [
     "sg_add_validators",
     "sg_authenticate",
     "sg_authorize",
+    "sg_cli_commands",
     "sg_internal_subscribers",
     "sg_login",
     "sg_make_distributor",
@@ -97,6 +99,23 @@ def sg_secret_settings() -> Sequence[str]:
     """Name setting keys whose values are secrets (redacted by ``check-config``).
 
     :returns: dotted keys, e.g. ``["plugins.acl.ldap.bind_password"]``.
+
+    Kind: observer, sync.
+    """
+
+
+@hookspec
+def sg_cli_commands() -> Sequence[PluginCommand]:
+    """Add subcommands to the ``sessiongate`` command line.
+
+    Called when the command line is built, for every installed plugin (switched on or
+    not: the settings are not read yet). Core adds ``--config`` to each command; when it
+    runs, core loads and validates the settings, refuses (exit 2) if the plugin that
+    added the command is switched off, then calls ``run``. A ``GatewayError`` raised by
+    ``run`` is printed as one line (exit 1; 2 for ``INVALID_ARGUMENT``).
+
+    :returns: :class:`~sessiongate.core.plugin_cli.PluginCommand` objects; a name core
+        or another plugin already uses is refused with a warning.
 
     Kind: observer, sync.
     """
@@ -255,14 +274,19 @@ def sg_authorize(gateway: GatewayAPI, identity: Identity, action: str,
 
 
 @hookspec(firstresult=True)
-def sg_login(gateway: GatewayAPI, username: str, password: str) -> LoginGrant | None:
+def sg_login(gateway: GatewayAPI, username: str, password: str,
+             peer: str) -> LoginGrant | None:
     """Serve the ``Login`` RPC: check a person's username and password.
 
     Stops at first non-None result. Return a :class:`~sessiongate.core.identity.LoginGrant`
     (a token the same plugin accepts at :func:`sg_authenticate`); raise
     ``Unauthenticated`` for a wrong username or password, ``Unavailable`` or
-    ``ResourceExhausted`` when it cannot answer now. With no implementation answering,
-    ``Login`` is ``UNIMPLEMENTED``. Never log ``password``.
+    ``ResourceExhausted`` when it cannot answer now (give ``retry_after=`` seconds: the
+    client gets it as trailing metadata ``retry-after``). With no implementation
+    answering, ``Login`` is ``UNIMPLEMENTED``. Never log ``password``.
+
+    :param peer: the caller's address as gRPC names it (``ipv4:127.0.0.1:5312``), for
+        per-client limits.
 
     Kind: decision, may be async.
     """

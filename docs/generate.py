@@ -239,7 +239,8 @@ def rst_to_md(text: str) -> str:
     return text
 
 
-HOOK_CALLERS = frozenset({"notify", "notify_sync", "veto", "decide", "collect"})
+HOOK_CALLERS = frozenset({"notify", "notify_sync", "veto", "decide", "collect",
+                          "collect_by_plugin"})
 
 
 def _package_files(package: str) -> list[tuple[str, pathlib.Path]]:

@@ -15,12 +15,13 @@ import asyncio
 import base64
 import functools
 import getpass
+import inspect
 import json
 import os
 import pathlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from sessiongate.core.config.settings import SettingsError
@@ -81,9 +82,22 @@ def _add_client(p: argparse.ArgumentParser) -> None:
                    "bootstrap admin key in state_dir)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugin_commands: Mapping[str, tuple[str, Any]] | None = None,
+                 ) -> argparse.ArgumentParser:
+    """The whole command line; ``plugin_commands`` (name → (plugin, PluginCommand)) adds
+    the commands plugins contribute (``sg_cli_commands``)."""
     parser = _Parser(prog="sessiongate", description="Session gateway.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_core_commands(sub)
+    for name, (plugin, command) in (plugin_commands or {}).items():
+        p = sub.add_parser(name, help=f"{command.help} (plugin {plugin})")
+        _add_config(p)
+        command.add_arguments(p)
+        p.set_defaults(plugin_command=(plugin, command))
+    return parser
+
+
+def _add_core_commands(sub: Any) -> None:
 
     p = sub.add_parser("serve", help="run the gateway until SIGINT/SIGTERM")
     _add_config(p)
@@ -162,7 +176,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("get", help="print a session as JSON")
     _add_client(p)
     p.add_argument("session_id")
-    return parser
+
+
+def core_command_names() -> set[str]:
+    """The commands core itself defines."""
+    sub = _Parser(prog="sessiongate").add_subparsers()
+    _add_core_commands(sub)
+    return set(sub.choices)
+
+
+def _wanted_command(argv: Sequence[str]) -> str | None:
+    """The command word of ``argv`` (its first word that is not an option)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+def plugin_commands(argv: Sequence[str]) -> dict[str, tuple[str, Any]]:
+    """Commands the installed plugins add, name → (plugin, PluginCommand).
+
+    Plugins are loaded only when ``argv`` does not name a core command (their import
+    would slow every ``sessiongate invoke``). A plugin that fails to load, or a name
+    already taken, is reported on stderr and left out.
+    """
+    core = core_command_names()
+    if _wanted_command(argv) in core:
+        return {}
+    from sessiongate.core.pluginhost.host import Hooks, make_plugin_manager
+
+    try:
+        contributed = Hooks(make_plugin_manager(None)).collect_by_plugin("sg_cli_commands")
+    except Exception as exc:  # a broken third-party plugin must not break the CLI
+        _err(f"plugin commands are unavailable: a plugin failed to load ({exc})")
+        return {}
+    commands: dict[str, tuple[str, Any]] = {}
+    for plugin, offered in contributed:
+        for command in offered:
+            taken = "core" if command.name in core else commands.get(command.name, ("",))[0]
+            if taken:
+                _err(f"plugin {plugin}: command {command.name!r} is already defined by "
+                     f"{taken}; left out")
+                continue
+            commands[command.name] = (plugin, command)
+    return commands
 
 
 def _err(message: str) -> None:
@@ -176,7 +230,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(plugin_commands(argv)).parse_args(argv)
     try:
         status = _run(args)
         sys.stdout.flush()  # here, not at exit: a closed pipe is then caught below
@@ -192,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if getattr(args, "plugin_command", None):
+        return _plugin_command(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "check-config":
@@ -212,6 +269,34 @@ def _silence_closed_pipes() -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, stream.fileno())
             os.close(devnull)
+
+
+def _plugin_command(args: argparse.Namespace) -> int:
+    """Run a command a plugin added, with the validated settings, if the plugin is on."""
+    from sessiongate.core.errors import GatewayError
+
+    plugin, command = args.plugin_command
+    settings, pm = _load(args)
+    if pm.get_plugin(plugin) is None:
+        _err(f"'{command.name}' belongs to the {plugin} plugin, which these settings switch "
+             f"off: set plugins.{plugin}.enabled = true (or pass --config with the "
+             f"gateway's settings)")
+        return 2
+    try:
+        status = command.run(args, settings)
+        if inspect.isawaitable(status):
+            status = asyncio.run(_awaited(status))
+    except GatewayError as exc:
+        _err(exc.message)
+        return 2 if exc.code == "INVALID_ARGUMENT" else 1
+    except (OSError, ValueError) as exc:
+        _err(f"{command.name}: {exc}")
+        return 1
+    return int(status or 0)
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
 
 
 # -- server-side commands ------------------------------------------------------------------

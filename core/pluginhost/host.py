@@ -171,6 +171,10 @@ class Hooks:
 
     def collect(self, name: str, **kwargs: Any) -> list[Any]:
         """Observer, sync: every non-None result; a raising implementation is logged."""
+        return [result for _plugin, result in self.collect_by_plugin(name, **kwargs)]
+
+    def collect_by_plugin(self, name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """:meth:`collect`, each result with the name of the plugin that gave it."""
         kwargs = self._kwargs(name, kwargs)
         results = []
         for impl in self._impls(name):
@@ -182,7 +186,7 @@ class Hooks:
                 self._failed(impl, name, kwargs, "ignored")
                 continue
             if result is not None:
-                results.append(result)
+                results.append((impl.plugin_name, result))
         return results
 
     def notify_sync(self, name: str, **kwargs: Any) -> None:

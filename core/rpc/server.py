@@ -14,6 +14,7 @@ import contextlib
 import errno
 import functools
 import logging
+import math
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -56,6 +57,14 @@ def _status(code: str) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, code, grpc.StatusCode.INTERNAL)
 
 
+async def _abort(context: grpc.aio.ServicerContext, exc: GatewayError) -> None:
+    """End the call with ``exc``'s status and message (and its ``retry-after`` hint)."""
+    if exc.retry_after is not None:
+        context.set_trailing_metadata(
+            (("retry-after", str(max(1, math.ceil(exc.retry_after)))),))
+    await context.abort(_status(exc.code), exc.message)
+
+
 def unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """Authenticate, run, and turn GatewayError into the contract's status codes."""
 
@@ -65,7 +74,7 @@ def unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             identity = await self.gateway.authenticate(context.invocation_metadata())
             return await method(self, request, context, identity)
         except GatewayError as exc:
-            await context.abort(_status(exc.code), exc.message)
+            await _abort(context, exc)
             raise  # unreachable: abort raises
         except grpc.aio.AbortError:
             raise
@@ -129,9 +138,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         """Unauthenticated by nature: a plugin (``sg_login``) checks the password."""
         try:
             grant = await self.gateway.hooks.decide("sg_login", username=str(request.username),
-                                                    password=str(request.password))
+                                                    password=str(request.password),
+                                                    peer=str(context.peer()))
         except GatewayError as exc:
-            await context.abort(_status(exc.code), exc.message)
+            await _abort(context, exc)
             raise  # unreachable: abort raises
         if grant is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED,
@@ -198,7 +208,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                         return
                     raise
         except GatewayError as exc:
-            await context.abort(_status(exc.code), exc.message)
+            await _abort(context, exc)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception:

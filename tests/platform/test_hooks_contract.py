@@ -127,6 +127,31 @@ def test_hook_sg_secret_settings(tmp_path, monkeypatch, capsys):
     assert "sessions.max_sessions = 1000" in out
 
 
+def test_hook_sg_cli_commands(tmp_path, monkeypatch):
+    """Collected when the command line is built; the command runs with the settings."""
+    from sessiongate.core import PluginCommand
+    from sessiongate.core.cli import commands as cli
+
+    ran = []
+
+    @first
+    def sg_cli_commands():
+        return [PluginCommand(
+            name="contract-cmd", help="a contract command",
+            add_arguments=lambda parser: parser.add_argument("word"),
+            run=lambda args, settings: ran.append((args.word, settings.state_dir)) or 0)]
+
+    assert impl_args(sg_cli_commands) == spec_args("sg_cli_commands")
+    contract = plugin(sg_cli_commands)
+    monkeypatch.setattr(plugin_host, "make_plugin_manager", functools.partial(
+        plugin_host.make_plugin_manager, extra_plugins=(contract,)))
+    monkeypatch.setattr(plugin_host, "load", functools.partial(
+        plugin_host.load, extra_plugins=(contract,)))
+    config = write_config(tmp_path / "s.toml", {"state_dir": str(tmp_path / "state")})
+    assert cli.main(["contract-cmd", "hello", "--config", str(config)]) == 0
+    assert ran == [("hello", str(tmp_path / "state"))]
+
+
 @pytest.mark.asyncio
 async def test_hook_sg_worker_backends(make_gateway):
     """Collected when the gateway is built; a session may then name the backend."""
@@ -542,7 +567,8 @@ async def test_hook_sg_login(make_gateway, caplog):
     expires = 2_000_000_000.0
 
     @first
-    async def sg_login(gateway, username, password):
+    async def sg_login(gateway, username, password, peer):
+        assert peer.startswith(("ipv4:127.0.0.1:", "ipv6:[::1]:")), peer
         seen.append((gateway, username, password))
         await asyncio.sleep(0)  # may be async
         if username != "alice":
