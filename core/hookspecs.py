@@ -450,7 +450,11 @@ def sg_worker_release(gateway: GatewayAPI, session: Session) -> bool | None:
 @hookspec
 def sg_worker_exited(gateway: GatewayAPI, session: Session, pid: int,
                      returncode: int | None) -> None:
-    """The worker process of an opened session has exited (not called for unused spares).
+    """The worker process of an opened or re-adopted session has exited (not called for
+    unused spares, nor for a worker whose adoption failed).
+
+    :param returncode: its exit status; ``None`` for a re-adopted worker, which is not
+        this gateway's child (its exit is seen, its status cannot be read).
 
     Kind: observer, may be async.
 

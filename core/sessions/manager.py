@@ -327,6 +327,10 @@ class SessionManager:
             await session.worker.expect(nonce_digest_=record.nonce_digest, pid=record.pid,
                                         create_time=record.create_time)
             await session.worker.wait_ready(window)
+            # from now on its exit is an adopted session's (not a failed adoption's)
+            session.worker.bind(on_events=session.on_events, on_fault=session.fault,
+                                on_exit=self.worker_exited(session),
+                                on_frame=lambda frame: on_frame(session, frame))
         except Exception as exc:
             session.fault(getattr(exc, "message", None) or f"adoption failed: {exc!r}")
             await asyncio.shield(session.ended.wait())

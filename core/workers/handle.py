@@ -107,6 +107,7 @@ class WorkerHandle:
         self._on_fault = on_fault
         self._on_frame = on_frame
         self._on_exit = on_exit
+        self._exit_reported = False
         self.nonce_digest = b""
         self.pid: int | None = None
         self.returncode: int | None = None
@@ -206,6 +207,8 @@ class WorkerHandle:
         """Listen for a worker started by an earlier gateway instance (its Adopt frame)."""
         self.pid = pid
         self.foreign = terminator.our_worker(pid, create_time, self.session_id)
+        if self.foreign is not None:
+            self._tasks.spawn(self._watch_foreign(self.foreign), "foreign-exit")
         await self.listen(nonce_digest_)
 
     async def wait_ready(self, timeout: float) -> None:
@@ -219,12 +222,24 @@ class WorkerHandle:
     async def _reap(self) -> None:
         assert self.process is not None
         self.returncode = await self.process.wait()
+        self._exited(f"code {self.returncode}")
+
+    async def _watch_foreign(self, proc: psutil.Process) -> None:
+        await terminator.foreign_exit(proc)
+        self._exited("not this gateway's child: code unknown")
+
+    def _exited(self, status: str) -> None:
+        """The process has ended: say so once, report it (``on_exit``), fail what waits."""
+        if self._exit_reported:
+            return
+        self._exit_reported = True
         level = logging.INFO if self._stopping else logging.WARNING
-        log.log(level, "session %s: worker exited (pid %s, code %s)", self.session_id, self.pid,
-                self.returncode)
+        log.log(level, "session %s: worker exited (pid %s, %s)", self.session_id, self.pid,
+                status)
         if self._on_exit is not None and self.pid is not None:
             self._on_exit(self.pid, self.returncode)
-        self._lost(f"worker exited with code {self.returncode}")
+        self._lost(f"worker exited with code {self.returncode}" if self.returncode is not None
+                   else "worker exited")
 
     # -- connection --------------------------------------------------------------------
 
@@ -486,6 +501,8 @@ class WorkerHandle:
             self.returncode = proc.returncode
         elif self.foreign is not None:
             await terminator.stop_foreign(self.foreign, self.config.stop_timeout)
+            if not self.foreign.is_running():
+                self._exited("not this gateway's child: code unknown")
         self._lost(reason)
         await self._tasks.cancel_and_wait()
         with contextlib.suppress(FileNotFoundError):

@@ -97,6 +97,38 @@ def signal_if_ours(proc: psutil.Process, sig: int) -> bool:
     return False
 
 
+#: how often a foreign worker is checked where the OS has no pidfd (not Linux)
+FOREIGN_POLL_SECONDS = 0.5
+
+
+async def foreign_exit(proc: psutil.Process) -> None:
+    """Return once ``proc`` (not our child: no ``waitpid``) has exited.
+
+    On Linux a pidfd becomes readable when the process ends; the pid is checked again
+    after opening it, so a reused pid is never watched. Elsewhere, poll.
+    """
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):
+        while proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            await asyncio.sleep(FOREIGN_POLL_SECONDS)
+        return
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    try:
+        if not proc.is_running():  # the pid named another process by the time we opened it
+            return
+        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        try:
+            await exited
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
+
+
 async def stop_foreign(proc: psutil.Process, timeout: float) -> None:
     """Wait for a non-child worker to exit; then SIGTERM, then SIGKILL."""
     for sig, wait in ((None, timeout), (signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):

@@ -19,6 +19,7 @@ import inspect
 import json
 import logging
 import os
+import signal
 import sys
 import types
 from typing import Any
@@ -36,7 +37,7 @@ from sessiongate.core.plugin_api import GatewayAPI
 from sessiongate.core.pluginhost import host as plugin_host
 from sessiongate.core.sessions.session import SessionState
 from sessiongate.core.streaming.events import Distributor, Subscription
-from sessiongate.testing import rpc_error, write_config
+from sessiongate.testing import rpc_error, wait_for, write_config
 from sessiongate.v1 import gateway_pb2
 
 first = hookimpl(tryfirst=True)
@@ -991,6 +992,38 @@ async def test_hook_sg_worker_exited(make_gateway):
     await rpc_error(client.invoke_json(crashed, "fail", {"exit_code": 3}))
     await wait(exited)
     assert seen[1] == (crashed, pid, 3)
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_worker_exited_for_a_readopted_worker(make_gateway, monkeypatch):
+    """A re-adopted worker is not this gateway's child: its exit is still reported, with
+    ``returncode`` None (its status cannot be read), and its session faults."""
+    without_reattach(monkeypatch)
+    a = await release_at_shutdown(make_gateway)
+    sid, worker = a["kept"].session_id, a["worker"]
+    record = a["records"][sid]
+    seen: list[tuple[str, int, int | None]] = []
+    exited = asyncio.Event()
+
+    @first
+    async def sg_startup(gateway):
+        await gateway.adopt_session(record, window=TIMEOUT, on_frame=lambda *_: None)
+
+    @first
+    async def sg_worker_exited(gateway, session, pid, returncode):
+        seen.append((session.session_id, pid, returncode))
+        exited.set()
+
+    try:
+        gw = await make_gateway(extra_plugins=(plugin(sg_startup, sg_worker_exited),))
+        session = gw.gateway.sessions.get(sid)
+        assert session.state == SessionState.READY
+        os.kill(worker.pid, signal.SIGKILL)
+        await wait(exited)
+        assert seen == [(sid, worker.pid, None)]
+        await wait_for(lambda: session.state == SessionState.FAULTED, TIMEOUT)
+    finally:
+        await reap(worker.process)
 
 
 # -- the meta-test ---------------------------------------------------------------------------
