@@ -86,6 +86,15 @@ def unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     return handler
 
 
+def _ended(session: Session | EndedSession, ok_states: tuple[str, ...]) -> bool:
+    """True if a stream attaching to ``session`` ends OK now (its state is in
+    ``ok_states``); raise UNAVAILABLE, naming the cause, if the session faulted."""
+    if session.state == SessionState.FAULTED:
+        raise GatewayError(f"session {session.session_id} faulted: {session.reason}",
+                           code="UNAVAILABLE")
+    return session.state in ok_states
+
+
 class GatewayService(gateway_pb2_grpc.GatewayServicer):
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
@@ -161,12 +170,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             resume = request.HasField("after_sequence")
             session = await self._session(identity, request.session_id,
                                     "resume" if resume else "stream")
-            if session.state in (SessionState.CLOSED, SessionState.FAULTED):
-                # attach after the end: the session's terminal status, at once
-                if session.state == SessionState.CLOSED:
-                    return
-                raise GatewayError(f"session {session.session_id} faulted: {session.reason}",
-                                   code="UNAVAILABLE")
+            if _ended(session, (SessionState.CLOSED,)):
+                return  # attach after the end: the session's terminal status, at once
             session.require_ready("stream events")
             assert isinstance(session, Session)
             after = request.after_sequence if resume else None
@@ -191,6 +196,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                 skip=skip, keeps_alive=keeps_alive is not False,
                 policy="disconnect_subscriber"
                 if request.on_overflow == gateway_pb2.DISCONNECT else None)
+            if _ended(session, (SessionState.CLOSING, SessionState.CLOSED)):
+                # closed while this attach was being decided: it ends as every stream of
+                # the session did (OK), as if it had been attached a moment earlier
+                return
             session.subscribe(sub, after_sequence=after)
             log.info("session %s: subscriber %s attached (key %s%s)", session.session_id,
                      request.subscriber_id or "-", identity.key_id,

@@ -1,15 +1,17 @@
-"""Lifecycle races: a close or shutdown at any point of an open leaves no process."""
+"""Lifecycle races: a close or shutdown at any point of an open leaves no process; an
+attach racing a close ends like the session's other streams."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 
+import grpc
 import psutil
 import pytest
 
 from sessiongate.core import hookimpl
-from sessiongate.testing import rpc_error, wait_for
+from sessiongate.testing import rpc_error, stream_end, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -98,3 +100,39 @@ async def test_ended_sessions_are_forgotten_by_count_and_age(make_gateway, monke
     monkeypatch.setattr(manager_module, "TOMBSTONE_SECONDS", 0.0)
     assert (await rpc_error(client.get(sids[2]))).code().name == "NOT_FOUND"
     assert not gw.gateway.sessions.ended
+
+
+class HoldAttach:
+    """Holds every stream's attach in ``sg_subscriber_attach`` until released."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    @hookimpl
+    async def sg_subscriber_attach(self, session, identity, request):
+        self.entered.set()
+        await self.release.wait()
+
+
+@pytest.mark.parametrize("ending", ["close", "fault"])
+async def test_an_attach_racing_the_sessions_end_ends_like_its_streams(make_gateway, ending):
+    """A close while an attach is being decided ends that stream OK, as it ends every
+    stream of the session; a fault ends it UNAVAILABLE naming the fault."""
+    hold = HoldAttach()
+    gw = await make_gateway(extra_plugins=(hold,))
+    client = gw.client()
+    sid = (await client.open()).session_id
+    call = client.stream(sid)
+    await asyncio.wait_for(hold.entered.wait(), 10)
+    if ending == "close":
+        await client.close(sid)
+    else:
+        gw.gateway.sessions.get(sid).fault("injected by the test")
+    hold.release.set()
+    code, details = await asyncio.wait_for(stream_end(call), 10)
+    if ending == "close":
+        assert code == grpc.StatusCode.OK, details
+    else:
+        assert code == grpc.StatusCode.UNAVAILABLE, details
+        assert "injected by the test" in details
