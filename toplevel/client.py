@@ -37,6 +37,9 @@ __all__ = ["GapNotice", "GatewayClient", "GatewayShutdown", "Reconnecting", "con
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
                        grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                        grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED})
+#: how a gateway refuses a resume it does not offer (no replay plugin) or allow (a viewer)
+RESUME_REFUSED = frozenset({grpc.StatusCode.FAILED_PRECONDITION,
+                            grpc.StatusCode.PERMISSION_DENIED})
 ENDED_STATES = (gateway_pb2.CLOSED, gateway_pb2.FAULTED)
 #: How a gateway that shuts down ends streams and refuses calls (UNAVAILABLE).
 SHUTDOWN_DETAILS = re.compile(re.escape(SHUTDOWN_MESSAGE))
@@ -187,14 +190,22 @@ class GatewayClient:
 
         After a ``Reconnecting``, the first response of the resumed stream is yielded
         even when it carries nothing (an empty list): the stream is back.
+
+        Without ``after_sequence`` and with ``reconnect``, "from now on" means from the
+        session's position read by ``GetSession``: the first attach resumes after it, so
+        an event emitted meanwhile is not skipped. A gateway that does not resume (no
+        replay plugin; a viewer under acl) gets a live attach instead.
         """
         cursor = after_sequence
+        resume_first = after_sequence is not None
+        #: the first attach resumes from GetSession's position, which the gateway may
+        #: refuse (no replay support, or a viewer, who may not resume): then attach live
+        live_fallback = False
         if cursor is None and reconnect:
-            # Our position before attaching: a resume replays from here, never skips.
+            # "From now on" is from our GetSession: the first attach resumes after it, so
+            # an event emitted between the two calls is not skipped.
             cursor = (await self.get(session_id)).last_sequence
-            resume_first = False
-        else:
-            resume_first = after_sequence is not None
+            resume_first = live_fallback = True
         delay = initial_delay
         broken_for = 0.0
         resuming = False
@@ -203,6 +214,7 @@ class GatewayClient:
                                after_sequence=cursor if resume_first else None)
             try:
                 async for response in call:
+                    live_fallback = False
                     delay, broken_for = initial_delay, 0.0
                     batch: list[Any] = []
                     if response.HasField("gap"):
@@ -222,6 +234,9 @@ class GatewayClient:
                         yield batch
                 return  # the session closed: the stream ended OK
             except grpc.aio.AioRpcError as exc:
+                if live_fallback and exc.code() in RESUME_REFUSED:
+                    live_fallback = resume_first = False
+                    continue
                 if is_gateway_shutdown(exc.code(), exc.details()) and not (
                         reconnect and follow_restarts):
                     raise GatewayShutdown(exc, cursor) from None
