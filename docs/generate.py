@@ -192,7 +192,9 @@ def settings_md() -> str:
             "`SESSIONGATE_SETTINGS_FILE` (the user file), `SESSIONGATE_DISABLED_PLUGINS` "
             "(a comma list of plugins to block, whatever the settings say), "
             "`SESSIONGATE_TRACE_HOOKS=1` (trace every hook call to stderr), and for the "
-            "client commands `SESSIONGATE_CLIENT_SERVER` and `SESSIONGATE_CLIENT_KEY`.", ""]
+            "client commands `SESSIONGATE_CLIENT_SERVER`, `SESSIONGATE_CLIENT_KEY` and "
+            "(TLS) `SESSIONGATE_CLIENT_CA_FILE`, `SESSIONGATE_CLIENT_CERT_FILE`, "
+            "`SESSIONGATE_CLIENT_KEY_FILE`.", ""]
     return "\n".join(out)
 
 

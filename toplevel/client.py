@@ -26,11 +26,12 @@ from typing import Any, NamedTuple
 
 import grpc
 
+from sessiongate.core.config.tls import TlsFileError, client_tls
 from sessiongate.core.errors import SHUTDOWN_MESSAGE
 from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
 
-__all__ = ["GapNotice", "GatewayClient", "GatewayShutdown", "Reconnecting", "connect",
-           "info_dict", "info_json", "is_gateway_shutdown"]
+__all__ = ["GapNotice", "GatewayClient", "GatewayShutdown", "Reconnecting", "TlsFileError",
+           "connect", "info_dict", "info_json", "is_gateway_shutdown", "tls_credentials"]
 
 #: Codes after which resuming can succeed (the gateway or the connection went away,
 #: or this subscriber overflowed and may resume from where it was).
@@ -264,7 +265,40 @@ async def _sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+def tls_credentials(ca_file: str | None = None, cert_file: str | None = None,
+                    key_file: str | None = None, *,
+                    names: tuple[str, str, str] = ("ca_file", "cert_file", "key_file"),
+                    ) -> grpc.ChannelCredentials | None:
+    """TLS credentials from PEM files, read and checked now; None when none is given.
+
+    ``ca_file``: the CA(s) that signed the gateway's certificate (without it, the
+    system's CAs); ``cert_file`` and ``key_file`` (together): this client's certificate
+    for a gateway that wants one (``server.tls.client_ca_file``).
+
+    :param names: what the caller calls the three, for messages (``--ca-file``...).
+    :raises TlsFileError: (a ``ValueError``) a file is missing, unreadable or not PEM,
+        the key is not the certificate's, or only one of the two is given.
+    """
+    tls = client_tls(ca_file, cert_file, key_file, names=names)
+    if tls is None:
+        return None
+    return grpc.ssl_channel_credentials(tls.root_certificates, tls.private_key,
+                                        tls.certificate_chain)
+
+
 @contextlib.asynccontextmanager
-async def connect(target: str, key: str) -> AsyncIterator[GatewayClient]:
-    async with grpc.aio.insecure_channel(target) as channel:
+async def connect(target: str, key: str, *, ca_file: str | None = None,
+                  cert_file: str | None = None, key_file: str | None = None,
+                  credentials: grpc.ChannelCredentials | None = None,
+                  ) -> AsyncIterator[GatewayClient]:
+    """A client of the gateway at ``target`` (host:port), over TLS when a file (see
+    :func:`tls_credentials`) or ``credentials`` (e.g. ``grpc.ssl_channel_credentials``
+    with root certificates in memory) is given, else plaintext."""
+    if credentials is not None and (ca_file or cert_file or key_file):
+        raise ValueError("give credentials or ca_file/cert_file/key_file, not both")
+    if credentials is None:
+        credentials = tls_credentials(ca_file, cert_file, key_file)
+    channel = (grpc.aio.secure_channel(target, credentials) if credentials is not None
+               else grpc.aio.insecure_channel(target))
+    async with channel:
         yield GatewayClient(channel, key)

@@ -30,6 +30,9 @@ __all__ = ["build_parser", "main"]
 
 KEY_ENV = "SESSIONGATE_CLIENT_KEY"
 SERVER_ENV = "SESSIONGATE_CLIENT_SERVER"
+CA_FILE_ENV = "SESSIONGATE_CLIENT_CA_FILE"
+CERT_FILE_ENV = "SESSIONGATE_CLIENT_CERT_FILE"
+KEY_FILE_ENV = "SESSIONGATE_CLIENT_KEY_FILE"
 #: ``sessiongate stream``: the gateway shut down and ended the stream
 EXIT_GATEWAY_SHUTDOWN = 3
 UINT32_MAX = 2**32 - 1
@@ -80,6 +83,12 @@ def _add_client(p: argparse.ArgumentParser) -> None:
                    "server.grpc_address)")
     p.add_argument("--key", help=f"API key or token (default: ${KEY_ENV}, else the "
                    "bootstrap admin key in state_dir)")
+    p.add_argument("--ca-file", metavar="PEM", help="connect over TLS, trusting the CA(s) "
+                   f"in this file for the gateway's certificate (default: ${CA_FILE_ENV})")
+    p.add_argument("--cert-file", metavar="PEM", help="this client's TLS certificate, for a "
+                   f"gateway with mutual TLS; needs --key-file (default: ${CERT_FILE_ENV})")
+    p.add_argument("--key-file", metavar="PEM", help="the private key of --cert-file (not an "
+                   f"API key: that is --key) (default: ${KEY_FILE_ENV})")
 
 
 def build_parser(plugin_commands: Mapping[str, tuple[str, Any]] | None = None,
@@ -230,6 +239,10 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC's C core logs "Handshake failed" and the like at INFO on stderr, unformatted
+    # (breaking log.format = "json", doubling the CLI's one-line errors); read once, when
+    # grpc is first imported, so set here, before any command imports it.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(plugin_commands(argv)).parse_args(argv)
     try:
@@ -430,6 +443,68 @@ def _client_target(args: argparse.Namespace) -> tuple[str, str, str]:
         f"(its {relative} is read by default)")
 
 
+def _client_tls_files(args: argparse.Namespace) -> list[tuple[str | None, str]]:
+    """``--ca-file``, ``--cert-file``, ``--key-file`` (else their environment variables):
+    (path or None, the option or variable that gave it) each."""
+    found: list[tuple[str | None, str]] = []
+    for option, env in (("ca_file", CA_FILE_ENV), ("cert_file", CERT_FILE_ENV),
+                        ("key_file", KEY_FILE_ENV)):
+        flag = "--" + option.replace("_", "-")
+        if getattr(args, option, None):
+            found.append((getattr(args, option), flag))
+        elif os.environ.get(env):
+            found.append((os.environ[env], env))
+        else:
+            found.append((None, flag))
+    return found
+
+
+def _client_credentials(args: argparse.Namespace) -> Any:
+    """The TLS credentials the options ask for, None for plaintext.
+
+    :raises ValueError: a file is missing, unreadable or not PEM, or a certificate came
+        without its key (a usage error: exit 2).
+    """
+    from sessiongate import client as api
+
+    (ca, ca_name), (cert, cert_name), (key, key_name) = _client_tls_files(args)
+    return api.tls_credentials(ca, cert, key, names=(ca_name, cert_name, key_name))
+
+
+def _connection_hint(details: str, server: str, args: argparse.Namespace) -> str | None:
+    """What a failed connection most likely means, when it failed at TLS (None: not
+    recognisably a TLS problem)."""
+    (ca, ca_name), (cert, _cert_name), _key = _client_tls_files(args)
+    if not (ca or cert):
+        if "Socket closed" in details or "Connection reset" in details:
+            return (f"the gateway at {server} closed the connection: it may serve TLS only; "
+                    "pass --ca-file with the CA that signed its certificate")
+        return None
+    if "WRONG_VERSION_NUMBER" in details:
+        return (f"TLS handshake with {server} failed: the gateway does not serve TLS (its "
+                "server.tls.cert_file is empty); connect without --ca-file, --cert-file and "
+                "--key-file")
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        if "expired" in details:
+            return f"TLS handshake with {server} failed: the gateway's certificate has expired"
+        trusted = f"a CA in {ca_name} (the wrong CA file?)" if ca else (
+            "a CA this system trusts; pass --ca-file with the CA that signed it")
+        return (f"TLS handshake with {server} failed: the gateway's certificate is not "
+                f"signed by {trusted}")
+    if "not in peer certificate" in details or "Peer name" in details:
+        return (f"TLS handshake with {server} failed: the gateway's certificate does not "
+                "name this host; use --server with a name or address its certificate has")
+    if "Socket closed" in details or "Connection reset" in details:
+        if not cert:
+            return (f"the gateway at {server} closed the connection during the TLS "
+                    "handshake: it may want a client certificate (mutual TLS); pass "
+                    "--cert-file and --key-file")
+        return (f"the gateway at {server} closed the connection during the TLS handshake: "
+                "it may not accept this client certificate (not signed by a CA in its "
+                "server.tls.client_ca_file?)")
+    return None
+
+
 #: the first byte of a JSON text (after optional whitespace): anything else is binary
 _JSON_START = frozenset(b'{["-0123456789tfn \t\r\n')
 
@@ -478,7 +553,12 @@ async def _client(args: argparse.Namespace) -> int:
     from sessiongate.v1 import gateway_pb2
 
     server, key, refused = _client_target(args)
-    async with api.connect(server, key) as gw:
+    try:
+        credentials = _client_credentials(args)
+    except ValueError as exc:  # a TLS file missing, unreadable or not PEM
+        _err(str(exc))
+        return 2
+    async with api.connect(server, key, credentials=credentials) as gw:
         try:
             if args.command == "open":
                 info = await gw.open(client_name=args.client_name, backend=args.backend,
@@ -506,6 +586,9 @@ async def _client(args: argparse.Namespace) -> int:
                 # where the key came from, or where we looked for one, and how to pass one
                 message = (f"UNAUTHENTICATED: {refused}" if not key
                            else f"{message} ({refused})")
+            elif exc.code() == grpc.StatusCode.UNAVAILABLE:
+                hint = _connection_hint(exc.details() or "", server, args)
+                message = f"{hint} ({message})" if hint else message
             _err(message)
             return 1
     return 0

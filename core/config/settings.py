@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.resources
+import ipaddress
 import math
 import os
 import pathlib
@@ -54,7 +55,7 @@ ENV_PREFIX = "SESSIONGATE"
 SETTINGS_FILE_ENV = "SESSIONGATE_SETTINGS_FILE"
 #: SESSIONGATE_* variables that are not settings (dynaconf still loads them as keys).
 ENV_ONLY = frozenset({"settings_file", "disabled_plugins", "trace_hooks", "client_key",
-                      "client_server"})
+                      "client_server", "client_ca_file", "client_cert_file", "client_key_file"})
 REDACTED = "***"
 #: redacted even when no loaded plugin declares it (a disabled plugin declares nothing)
 SECRET_NAME = re.compile(r"(?:^|_)(?:password|passphrase|secret|private_key)$")
@@ -213,8 +214,68 @@ def _host_port(value: Any) -> bool:
     return bool(host) and port.isdigit() and 0 <= int(port) <= 65535
 
 
-def core_settings() -> list[Setting]:
-    """The rules core owns (CONTRACT §4); plugins add theirs through ``sg_add_validators``."""
+def _is_loopback(address: Any) -> bool:
+    """``host:port`` on a loopback host: ``localhost``, 127.0.0.0/8 or ``[::1]``.
+    Any other name is not (it may resolve anywhere), nor are 0.0.0.0 and ``[::]``."""
+    host = str(address).rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _tls_rules(settings: Settings | None) -> list[Setting]:
+    """``server.tls.*`` and ``server.allow_insecure``, and how they constrain each other
+    and ``server.grpc_address`` (the files themselves are read when the server binds:
+    a client reading these settings may not be allowed to read the gateway's key)."""
+
+    def get(key: str, default: Any = "") -> Any:
+        try:
+            return settings.get(key, default) if settings is not None else default
+        except Exception:  # a malformed table: its own rule reports it
+            return default
+
+    cert_file, key_file = get("server.tls.cert_file"), get("server.tls.key_file")
+    insecure_ok = get("server.allow_insecure", False) is True
+    return [
+        Setting("server.grpc_address", "a loopback address (localhost, 127.0.0.0/8 or [::1]) "
+                "while server.tls.cert_file is empty: set server.tls.cert_file and "
+                "server.tls.key_file to serve TLS, or server.allow_insecure = true to serve "
+                "plaintext gRPC on it",
+                lambda v: bool(cert_file) or insecure_ok or not _host_port(v)
+                or _is_loopback(v),
+                "(cross-check with server.tls.cert_file and server.allow_insecure)"),
+        boolean("server.allow_insecure", "Allows plaintext gRPC (no server.tls.cert_file) on "
+                "an address that is not loopback: API keys and tokens then cross the network "
+                "in clear. Only for a network you trust, or behind a TLS-terminating proxy."),
+        string("server.tls.cert_file", "PEM file with the gateway's certificate, followed by "
+               "any intermediate CA certificates; set: the gRPC API is served over TLS only. "
+               "Empty: plaintext gRPC."),
+        string("server.tls.key_file", "PEM file with the certificate's private key "
+               "(unencrypted; a warning is logged when group or others may read it)."),
+        Setting("server.tls.key_file", "set when server.tls.cert_file is set (the two go "
+                "together)", lambda v: bool(v) or not cert_file,
+                "(cross-check with server.tls.cert_file)"),
+        Setting("server.tls.cert_file", "set when server.tls.key_file is set (the two go "
+                "together)", lambda v: bool(v) or not key_file,
+                "(cross-check with server.tls.key_file)"),
+        string("server.tls.client_ca_file", "PEM file of the CA(s) whose client "
+               "certificates are accepted; set: mutual TLS, a client without such a "
+               "certificate cannot connect. Empty: no client certificates."),
+        Setting("server.tls.client_ca_file", "empty when server.tls.cert_file is empty "
+                "(mutual TLS needs TLS)", lambda v: not v or bool(cert_file),
+                "(cross-check with server.tls.cert_file)"),
+    ]
+
+
+def core_settings(settings: Settings | None = None) -> list[Setting]:
+    """The rules core owns (CONTRACT §4); plugins add theirs through ``sg_add_validators``.
+
+    :param settings: the loaded settings, for the rules that look at two keys (without
+        them, those rules are listed with the loose defaults: for docs and key lists).
+    """
     return [
         string("state_dir", "Folder for the SQLite files, the instance id and the bootstrap key.",
                pattern=r".+", rule="a non-empty path"),
@@ -222,6 +283,7 @@ def core_settings() -> list[Setting]:
                "folder under the system temp dir."),
         Setting("server.grpc_address", "host:port (port 0 picks a free port and logs it)",
                 _host_port, "Where the gRPC API listens."),
+        *_tls_rules(settings),
         non_negative_number("server.shutdown_grace_seconds",
                             "On SIGTERM, how long active calls get before they are cancelled.",
                             maximum=3600),
@@ -569,7 +631,7 @@ def load_settings(
             problems.append(f"{table} = {value!r}: must be a table")
     names = [] if _under("plugins", broken) else _plugin_names(settings)
     skipped += broken
-    rules = [r for r in core_settings() if not _under(r.key, skipped)]
+    rules = [r for r in core_settings(settings) if not _under(r.key, skipped)]
     # Switches shipped in the defaults must stay; a plugin whose table the defaults do not
     # have may leave its switch out (it is on when installed).
     shipped = _shipped_switches()

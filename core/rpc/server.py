@@ -25,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sessiongate.core.config.tls import TlsFileError, server_tls
 from sessiongate.core.errors import (
     FailedPrecondition,
     GatewayError,
@@ -328,21 +329,26 @@ class GrpcServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = 0
         self.address = ""
+        self.tls_mode = ""  # "TLS" or "mTLS" once bound with server.tls.cert_file
 
     def bind(self) -> None:
         """Take the configured address (idempotent); nothing is served until :meth:`start`.
 
-        :raises StartupError: the address is in use or cannot be listened on.
+        :raises StartupError: the address is in use or cannot be listened on, or a TLS
+            file of ``server.tls.*`` cannot be used.
         """
         if self.port:
             return
         address = str(self.gateway.settings.server.grpc_address)
         host = address.rpartition(":")[0]
+        credentials = self._credentials()
         # Probed first, so a busy port gives one clear line rather than gRPC's log noise.
         problem = _bind_problem(address)
         if problem is None:
             try:
-                self.port = self.server.add_insecure_port(address)
+                self.port = (self.server.add_secure_port(address, credentials)
+                             if credentials is not None
+                             else self.server.add_insecure_port(address))
             except RuntimeError:
                 self.port = 0
             if self.port == 0:
@@ -353,11 +359,31 @@ class GrpcServer:
             raise StartupError(problem)
         self.address = f"{host}:{self.port}"
 
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        """TLS from ``server.tls.*`` (files read now), or None: plaintext.
+
+        :raises StartupError: a TLS file is missing, unreadable or not PEM.
+        """
+        try:
+            tls = server_tls(self.gateway.settings)
+        except TlsFileError as exc:
+            raise StartupError(str(exc)) from None
+        if tls is None:
+            return None
+        self.tls_mode = tls.mode
+        for warning in tls.warnings:
+            log.warning("%s", warning)
+        return grpc.ssl_server_credentials(
+            [(tls.private_key, tls.certificate_chain)], root_certificates=tls.client_ca,
+            require_client_auth=tls.client_ca is not None)
+
     async def start(self) -> str:
         self.bind()
         await self.server.start()
         await _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
-        log.info("listening on %s", self.address)
+        # the address is the line's first word after "listening on" (tests parse it)
+        log.info("listening on %s%s", self.address,
+                 f" ({self.tls_mode})" if self.tls_mode else "")
         return self.address
 
     async def stop(self) -> None:
