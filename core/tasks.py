@@ -7,8 +7,11 @@ task is ever left running unobserved after its owner ends.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Collection, Coroutine
 from typing import Any
+
+from sessiongate.core import logfields
 
 __all__ = ["OwnedTasks"]
 
@@ -18,10 +21,13 @@ class OwnedTasks:
 
     :param suffix: appended to every task's name (``name:suffix``), e.g. a session id,
         so a task dump says whose task it is.
+    :param session_id: bound as a log field in every task started here (the tasks of
+        a session or of its worker), so their log lines name the session.
     """
 
-    def __init__(self, suffix: str = "") -> None:
+    def __init__(self, suffix: str = "", *, session_id: str = "") -> None:
         self._suffix = f":{suffix}" if suffix else ""
+        self._session_id = session_id
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def __len__(self) -> int:
@@ -29,7 +35,10 @@ class OwnedTasks:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run ``coro`` as a task owned here."""
-        task = asyncio.create_task(coro, name=f"{name}{self._suffix}")
+        context = contextvars.copy_context()
+        if self._session_id:
+            context.run(logfields.bind, session_id=self._session_id)
+        task = asyncio.create_task(coro, name=f"{name}{self._suffix}", context=context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -322,7 +322,8 @@ def _serve(args: argparse.Namespace) -> int:
     from sessiongate.core.rpc.server import serve
 
     settings, pm = _load(args)
-    logs.configure(str(settings.log.level), args.log_format or str(settings.log.format))
+    logs.configure(str(settings.log.level), args.log_format or str(settings.log.format),
+                   {str(name): str(level) for name, level in settings.log.levels.items()})
     gateway = Gateway(settings, pm)
 
     def ready(address: str) -> None:

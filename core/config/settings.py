@@ -270,6 +270,15 @@ def _tls_rules(settings: Settings | None) -> list[Setting]:
     ]
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _logger_levels(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        isinstance(name, str) and re.fullmatch(r"[A-Za-z_][\w.]*", name)
+        and level in LOG_LEVELS for name, level in value.items())
+
+
 def core_settings(settings: Settings | None = None) -> list[Setting]:
     """The rules core owns (CONTRACT §4); plugins add theirs through ``sg_add_validators``.
 
@@ -287,8 +296,13 @@ def core_settings(settings: Settings | None = None) -> list[Setting]:
         non_negative_number("server.shutdown_grace_seconds",
                             "On SIGTERM, how long active calls get before they are cancelled.",
                             maximum=3600),
-        one_of("log.level", ("DEBUG", "INFO", "WARNING", "ERROR"), "Log threshold."),
-        one_of("log.format", ("text", "json"), "Human-readable lines, or one JSON object a line."),
+        one_of("log.level", LOG_LEVELS, "Log threshold."),
+        one_of("log.format", ("text", "json"), "Human-readable lines, or one JSON object a line "
+               "(keys ts, level, logger, msg, and session_id, subscriber_id, key_id where "
+               "known)."),
+        Setting("log.levels", "a table of logger name = DEBUG, INFO, WARNING or ERROR",
+                _logger_levels, "A threshold per logger and its children, over log.level: "
+                '{"sessiongate.events" = "DEBUG"}.'),
         positive_number("sessions.default_lease_seconds",
                         "Lease of a new session, and the extension each Invoke grants.",
                         maximum=MAX_SECONDS),

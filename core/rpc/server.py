@@ -25,6 +25,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sessiongate.core import logfields
 from sessiongate.core.config.tls import TlsFileError, server_tls
 from sessiongate.core.errors import (
     FailedPrecondition,
@@ -73,6 +74,8 @@ def unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     async def handler(self: GatewayService, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
             identity = await self.gateway.authenticate(context.invocation_metadata())
+            logfields.bind(key_id=identity.key_id,
+                           session_id=str(getattr(request, "session_id", "")))
             return await method(self, request, context, identity)
         except GatewayError as exc:
             await _abort(context, exc)
@@ -168,6 +171,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         session: Session | None = None
         try:
             identity = await self.gateway.authenticate(context.invocation_metadata())
+            logfields.bind(key_id=identity.key_id, session_id=request.session_id,
+                           subscriber_id=request.subscriber_id)
             resume = request.HasField("after_sequence")
             session = await self._session(identity, request.session_id,
                                     "resume" if resume else "stream")
