@@ -8,16 +8,20 @@ Switched by ``plugins.acl.enabled`` (default on). With it on:
   ``PERMISSION_DENIED``; a session without owner is for admins only.
 * Streams of viewers are *watchers*: they neither keep a session's lease alive nor
   count as attached for detach-grace.
-* Revoking an API key ends its live streams with ``UNAUTHENTICATED`` within about
-  ``plugins.acl.revocation_check_interval_seconds``.
+* Revoking an API key (or a sign-in token) ends its live streams with
+  ``UNAUTHENTICATED`` within about ``plugins.acl.revocation_check_interval_seconds``.
 * With ``plugins.acl.ldap.enabled``, people log in with their directory account
   (``Login`` RPC, ``sessiongate login``) and get a short-lived Ed25519-signed JWT,
   accepted as ``authorization: Bearer <token>``; directory groups grant the admin
-  scope (``admin_groups``) and tags (``group_tags``).
+  scope (``admin_groups``) and tags (``group_tags``). Logins are limited (threads
+  in flight, failures per username and per client address, with backoff); every
+  token is recorded and can be revoked alone (``sessiongate tokens revoke ID``).
 
 Module layout: :mod:`.rules` (settings), :mod:`.policy` (the decision, pure),
-:mod:`.tokens` (JWTs), :mod:`.directory` (ldap3), :mod:`.runtime` (the per-gateway
-hooks, login service and revocation watcher). See docs/plugins/acl.md.
+:mod:`.tokens` (JWTs), :mod:`.tokenstore` (issued and revoked tokens),
+:mod:`.directory` (ldap3), :mod:`.limits` (login threads and backoff),
+:mod:`.runtime` (the per-gateway hooks, login service and revocation watcher),
+:mod:`.cli` (``sessiongate tokens``). See docs/plugins/acl.md.
 """
 
 from __future__ import annotations
@@ -29,13 +33,22 @@ from typing import TYPE_CHECKING
 from sessiongate.core import hookimpl
 from sessiongate.core.errors import Unauthenticated
 
+from .cli import TOKENS_COMMAND
 from .policy import decide, keeps_alive
 from .rules import SECRET_KEYS, rules
 from .runtime import RUNTIME, AclRuntime
 from .tokens import TokenSigner, is_ours
 
 if TYPE_CHECKING:
-    from sessiongate.core import GatewayAPI, Identity, LoginGrant, Session, Setting, Settings
+    from sessiongate.core import (
+        GatewayAPI,
+        Identity,
+        LoginGrant,
+        PluginCommand,
+        Session,
+        Setting,
+        Settings,
+    )
 
 __all__ = ["AclRuntime", "TokenSigner", "decide", "keeps_alive", "runtime_of"]
 
@@ -58,10 +71,22 @@ def sg_secret_settings() -> Sequence[str]:
 
 
 @hookimpl
+def sg_cli_commands() -> Sequence[PluginCommand]:
+    return [TOKENS_COMMAND]
+
+
+@hookimpl
 async def sg_startup(gateway: GatewayAPI) -> None:
-    runtime = runtime_of(gateway) or AclRuntime(gateway)  # the same one after a restart
+    runtime = AclRuntime(gateway)
     await runtime.start()
     gateway.stash[RUNTIME] = runtime
+
+
+@hookimpl
+async def sg_shutdown(gateway: GatewayAPI) -> None:
+    runtime = gateway.stash.pop(RUNTIME, None)
+    if runtime is not None:
+        await runtime.stop()
 
 
 @hookimpl
@@ -85,18 +110,19 @@ def sg_authorize(gateway: GatewayAPI, identity: Identity, action: str,
 
 
 @hookimpl
-def sg_authenticate(gateway: GatewayAPI, credential: str) -> Identity | None:
+async def sg_authenticate(gateway: GatewayAPI, credential: str) -> Identity | None:
     if not is_ours(credential):
         return None  # an API key, or another plugin's token: not ours to judge
     runtime = runtime_of(gateway)
     if runtime is None:
         raise Unauthenticated("sign-in tokens are not accepted: the acl plugin did not start")
-    return runtime.authenticate(credential)
+    return await runtime.authenticate(credential)
 
 
 @hookimpl
-async def sg_login(gateway: GatewayAPI, username: str, password: str) -> LoginGrant | None:
+async def sg_login(gateway: GatewayAPI, username: str, password: str,
+                   peer: str) -> LoginGrant | None:
     runtime = runtime_of(gateway)
     if runtime is None or not runtime.ldap_enabled:
         return None  # Login is not offered
-    return await runtime.login(username, password)
+    return await runtime.login(username, password, peer)

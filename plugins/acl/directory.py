@@ -1,14 +1,18 @@
 """LDAP login with ldap3: find the user, bind as them, read their groups.
 
-ldap3 is synchronous: :meth:`Directory.login` runs the whole exchange in a
-worker thread (``asyncio.to_thread``), with connect and response timeouts, so
-the event loop never waits on the network.
+ldap3 is synchronous: :meth:`Directory.authenticate` runs the whole exchange on
+one of the acl plugin's own threads (:class:`.limits.LoginThreads`), with connect
+and response timeouts, so the event loop never waits on the network.
 
 Two ways to find the user's DN:
 
 * **search-then-bind** (``bind_dn`` set): bind as the service account, search
   ``user_search_base`` with ``user_search_filter`` (exactly one entry must match),
-  then bind as that DN with the user's password;
+  then bind as that DN with the user's password. When no entry (or several) match,
+  the user bind still happens, as the decoy DN ``cn=sessiongate-login-decoy,<user
+  search base>`` with a random password: an unknown user takes the same requests
+  (connect, StartTLS, bind) and so about the same time as a wrong password, and
+  ends the same way;
 * **DN template** (``bind_dn`` empty): ``user_dn_template`` with ``{username}``.
 
 Every value that comes from the person logging in is escaped before it reaches
@@ -31,6 +35,7 @@ import ipaddress
 import logging
 import math
 import re
+import secrets
 import ssl
 import warnings
 from collections.abc import Mapping
@@ -56,6 +61,8 @@ log = logging.getLogger("sessiongate.plugins.acl")
 
 INVALID_CREDENTIALS = 49
 MAX_USERNAME = 256
+#: bound instead of the user's DN when no user matches (equal-time failures)
+DECOY_RDN = "cn=sessiongate-login-decoy"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -200,7 +207,8 @@ class Directory:
         raise DirectoryUnavailable(f"bind as {who} failed: "
                                    f"{(conn.result or {}).get('description')} ({code})")
 
-    def _find_user(self, service: Connection, username: str) -> str:
+    def _find_user(self, service: Connection, username: str) -> str | None:
+        """The user's DN; None when no entry, or several, match."""
         cfg = self.config
         flt = cfg.user_search_filter.replace("{username}", escape_filter_chars(username))
         service.search(cfg.user_search_base, flt, search_scope=SUBTREE, attributes=[],
@@ -211,8 +219,20 @@ class Directory:
             raise DirectoryUnavailable(f"user search failed: {service.result}")
         if len(entries) != 1:
             log.debug("ldap: %d entries match the login name", len(entries))
-            raise LoginRefused
+            return None
         return str(entries[0]["dn"])
+
+    def _decoy_bind(self, server: Server) -> Connection:
+        """The user bind of a login whose user was not found: a DN nobody has, a random
+        password; every answer but a network failure is a refusal."""
+        decoy = self._connection(server, f"{DECOY_RDN},{self.config.user_search_base}",
+                                 secrets.token_urlsafe(24))
+        try:
+            decoy.bind()
+        except BaseException:
+            _close(decoy)
+            raise
+        return decoy
 
     def _groups(self, conn: Connection, username: str, user_dn: str) -> tuple[str, ...]:
         cfg = self.config
@@ -243,7 +263,11 @@ class Directory:
                 if not self._bind(service, "the service account"):
                     raise DirectoryUnavailable("the directory refused the service account "
                                                "(plugins.acl.ldap.bind_dn / bind_password)")
-                user_dn = self._find_user(service, username)
+                found = self._find_user(service, username)
+                if found is None:
+                    user_conn = self._decoy_bind(server)
+                    raise LoginRefused
+                user_dn = found
             else:
                 user_dn = cfg.user_dn_template.replace("{username}", escape_rdn(username))
             user_conn = self._connection(server, user_dn, password)

@@ -67,6 +67,7 @@ def rules(settings: Settings) -> list[Setting]:
             return default
 
     url = get(f"{L}.url", "")
+    backoff = get(f"{L}.backoff_seconds", 0)
     bind_dn = get(f"{L}.bind_dn", "")
     groups_mapped = bool(get(f"{L}.admin_groups")) or bool(get(f"{L}.group_tags"))
     return [
@@ -75,8 +76,9 @@ def rules(settings: Settings) -> list[Setting]:
                      "refused (UNAUTHENTICATED) and its live streams end.",
                      maximum=30 * 86400),
         positive_number(f"{P}.revocation_check_interval_seconds",
-                        "How often live streams are checked against revoked API keys and "
-                        "expired tokens (a revoked key's streams end within about this time).",
+                        "How often live streams are checked against revoked API keys, revoked "
+                        "and expired sign-in tokens (a revoked key's or token's streams end "
+                        "within about this time).",
                         maximum=3600),
         boolean(ENABLED, "Switches LDAP login (the Login RPC and `sessiongate login`) on."),
         string(f"{L}.url", "The directory: ldap://host[:port] or ldaps://host[:port].",
@@ -134,4 +136,37 @@ def rules(settings: Settings) -> list[Setting]:
                 "([a-z0-9][a-z0-9._-]{0,63})", _group_tags,
                 "Members of a group may get, list and stream (read-only) the sessions "
                 "carrying one of its tags."),
+        positive_int(f"{L}.max_logins_in_flight",
+                     "Directory exchanges running at once (each on a thread of the plugin's "
+                     "own, held until the directory answers or times out, even when the "
+                     "caller gave up); a login beyond them is RESOURCE_EXHAUSTED at once.",
+                     maximum=256),
+        positive_int(f"{L}.user_failures_before_backoff",
+                     "Failed logins for one username before it is refused for a while "
+                     "(RESOURCE_EXHAUSTED with a retry hint); a successful login resets it.",
+                     maximum=1000),
+        positive_int(f"{L}.peer_failures_before_backoff",
+                     "Failed logins from one client address (an IPv6 /64) before it is "
+                     "refused for a while, whatever the username.", maximum=100000),
+        positive_number(f"{L}.failure_window_seconds",
+                        "A username or address is forgotten after this long without a "
+                        "failed login (counted from the end of its refusal).",
+                        maximum=7 * 86400),
+        positive_number(f"{L}.backoff_seconds",
+                        "The first refusal after too many failures; each further failure "
+                        "doubles it.", maximum=86400),
+        positive_number(f"{L}.backoff_max_seconds",
+                        "The longest refusal for failed logins.", maximum=7 * 86400),
+        Setting(f"{L}.backoff_max_seconds",
+                "at least plugins.acl.ldap.backoff_seconds",
+                lambda v: not _is_number(v) or not _is_number(backoff) or v >= backoff,
+                "(cross-check with plugins.acl.ldap.backoff_seconds)"),
+        positive_int(f"{L}.failure_table_size",
+                     "Usernames, and addresses, whose failed logins are remembered (each "
+                     "table; beyond it the least recently failed are forgotten).",
+                     maximum=10_000_000),
     ]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

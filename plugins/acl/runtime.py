@@ -3,20 +3,28 @@
 ``sg_startup`` creates an :class:`AclRuntime` and keeps it in that gateway's stash
 (``gateway.stash[RUNTIME]``), so the plugin's hooks find the gateway's metrics, token
 key and settings; several gateways in one process (tests) each get their own.
+``sg_shutdown`` takes it out and stops it (:meth:`AclRuntime.stop`).
+
+With LDAP login on it owns the login threads (:class:`.limits.LoginThreads`), the
+failed-login tables (:class:`.limits.FailureBackoff`, per username and per client
+address) and the token store (:class:`.tokenstore.TokenStore`).
 
 It runs one background task, owned by the gateway (``gateway.spawn``), the
 *revocation watcher*: every
 ``plugins.acl.revocation_check_interval_seconds`` it looks at the live external
-streams, asks the key store whether each API key is still active (a revocation
-by ``sessiongate keys revoke`` in another process is seen too: the store is a
-shared SQLite file) and ends a revoked key's streams - and streams of expired
-tokens - with ``UNAUTHENTICATED``. The gateway cancels and awaits it at shutdown.
+streams, asks the key store whether each API key is still active and the token
+store whether each sign-in token is (a revocation by ``sessiongate keys revoke`` or
+``sessiongate tokens revoke`` in another process is seen too: both stores are
+shared SQLite files) and ends the streams of revoked keys, revoked tokens and
+expired tokens with ``UNAUTHENTICATED``. The gateway cancels and awaits it at
+shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -24,22 +32,31 @@ from sessiongate.core import LoginGrant, StashKey
 from sessiongate.core.errors import GatewayError, ResourceExhausted, Unauthenticated, Unavailable
 
 from . import policy
-from .tokens import TokenSigner
+from .limits import FailureBackoff, LoginThreads, client_address
+from .tokens import MintedToken, TokenIdentity, TokenSigner
+from .tokenstore import STORE_FILE, TokenStore
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from sessiongate.core import GatewayAPI, Identity, Session, Subscription
 
-    from .directory import Directory
+    from .directory import Directory, LoginResult
 
 __all__ = ["RUNTIME", "AclRuntime"]
 
 log = logging.getLogger("sessiongate.plugins.acl")
 
 RUNTIME: StashKey[AclRuntime] = StashKey("acl.runtime")
-#: LDAP logins in flight at most (each holds a thread for up to the timeout)
-MAX_LOGINS_IN_FLIGHT = 8
 REFUSED = "invalid username or password"
 UNAVAILABLE = "the directory is unavailable; try again later"
+#: the longest login name the failure table keeps (the directory refuses longer ones)
+MAX_NAME = 256
+
+
+def login_name(username: str) -> str:
+    """The name a login counts against (and its token is issued to)."""
+    return username[:MAX_NAME].strip().lower()
 
 
 class AclRuntime:
@@ -49,12 +66,22 @@ class AclRuntime:
         self.gateway = gateway
         self.metrics = gateway.metrics
         acl = gateway.settings.plugins.acl
+        ldap = acl.ldap
         self.interval = float(acl.revocation_check_interval_seconds)
         self.ttl = float(acl.token_ttl_seconds)
-        self.ldap_enabled = bool(acl.ldap.enabled)
+        self.ldap_enabled = bool(ldap.enabled)
         self.directory: Directory | None = None
         self.tokens: TokenSigner | None = None
-        self._logins_in_flight = 0
+        self.store: TokenStore | None = None
+        self.threads = LoginThreads(int(ldap.max_logins_in_flight))
+        common = {"window": float(ldap.failure_window_seconds),
+                  "backoff": float(ldap.backoff_seconds),
+                  "maximum": float(ldap.backoff_max_seconds),
+                  "capacity": int(ldap.failure_table_size)}
+        self.user_failures = FailureBackoff(
+            threshold=int(ldap.user_failures_before_backoff), **common)
+        self.peer_failures = FailureBackoff(
+            threshold=int(ldap.peer_failures_before_backoff), **common)
 
     async def start(self) -> None:
         if self.ldap_enabled:
@@ -63,27 +90,57 @@ class AclRuntime:
             self.directory = Directory(LdapConfig.from_settings(self.gateway.settings))
             self.tokens = await asyncio.to_thread(TokenSigner.from_state_dir,
                                                   self.gateway.state_dir, self.ttl)
+            self.store = await TokenStore(self.gateway.state_dir / STORE_FILE).open()
+            try:
+                await self.store.prune()
+            except BaseException:
+                await self.stop()
+                raise
+            self.threads.start()
         # owned by the gateway: cancelled and awaited at shutdown
         self.gateway.spawn(self._watch(), "acl-revocation-watcher")
         log.info("acl: sessions are owner/admin/tag gated; LDAP login %s",
                  f"on ({self.directory.config.url})" if self.directory else "off")
 
+    async def stop(self) -> None:
+        """Stop the login threads (running exchanges end within the directory timeout)
+        and close the token store."""
+        self.threads.shutdown()
+        store, self.store = self.store, None
+        if store is not None:
+            await store.close()
+
     # -- decisions -----------------------------------------------------------------------
 
-    def authenticate(self, credential: str) -> Identity:
+    async def authenticate(self, credential: str) -> Identity:
         """A sign-in token of ours: the identity it carries, or ``Unauthenticated``."""
-        if self.tokens is None:
-            self.metrics.inc("acl_tokens", outcome="refused")
-            raise Unauthenticated("sign-in tokens are not accepted: LDAP login is off "
-                                  "(plugins.acl.ldap.enabled)")
         try:
+            if self.tokens is None or self.store is None:
+                raise Unauthenticated("sign-in tokens are not accepted: LDAP login is off "
+                                      "(plugins.acl.ldap.enabled)")
             identity = self.tokens.verify(credential)
+            await self._check_recorded(identity)
         except Unauthenticated as exc:
             self.metrics.inc("acl_tokens", outcome="refused")
             log.info("acl: token refused: %s", exc.message)
             raise
         self.metrics.inc("acl_tokens", outcome="accepted")
         return identity
+
+    async def _check_recorded(self, identity: TokenIdentity) -> None:
+        """Only a token the store holds as live is accepted (revocable, see tokenstore)."""
+        assert self.store is not None
+        try:
+            state = await self.store.state(identity.token_id)
+        except Exception:
+            log.exception("acl: the token store cannot be read; token refused")
+            raise Unavailable("sign-in tokens cannot be checked now; try again later") from None
+        if state == "revoked":
+            raise Unauthenticated(f"the sign-in token {identity.token_id} has been revoked; "
+                                  "log in again")
+        if state != "live":
+            raise Unauthenticated(f"the sign-in token {identity.token_id} is unknown to this "
+                                  "gateway; log in again")
 
     def authorize(self, identity: Identity, action: str, session: Session | None) -> bool:
         allowed, why = policy.decide(identity, action, session)
@@ -98,21 +155,29 @@ class AclRuntime:
 
     # -- login -----------------------------------------------------------------------------
 
-    async def login(self, username: str, password: str) -> LoginGrant:
-        """The Login RPC: LDAP bind, groups → admin/tags, a signed token."""
+    async def login(self, username: str, password: str, peer: str) -> LoginGrant:
+        """The Login RPC: limits, LDAP bind, groups → admin/tags, a recorded token."""
         from .directory import DirectoryUnavailable, LoginRefused
 
-        assert self.directory is not None and self.tokens is not None
-        shown = username[:64]
-        if self._logins_in_flight >= MAX_LOGINS_IN_FLIGHT:
+        name, address, shown = login_name(username), client_address(peer), username[:64]
+        self._refuse_while_backing_off(name, address, shown)
+        future = self.threads.submit(self._exchange, username, password, name, address)
+        if future is None:
             self.metrics.inc("acl_logins", outcome="busy")
-            raise ResourceExhausted("too many logins in progress; try again shortly")
-        self._logins_in_flight += 1
+            log.info("acl: LDAP login of %r from %s refused: %d logins in progress", shown,
+                     address or "?", self.threads.size)
+            raise ResourceExhausted("too many logins in progress; try again shortly",
+                                    retry_after=1)
         try:
-            result = await asyncio.to_thread(self.directory.authenticate, username, password)
+            result = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # the exchange runs on (a thread cannot be stopped) and keeps its slot
+            self.metrics.inc("acl_logins", outcome="cancelled")
+            log.info("acl: LDAP login of %r cancelled by the caller", shown)
+            raise
         except LoginRefused:
             self.metrics.inc("acl_logins", outcome="refused")
-            log.info("acl: LDAP login refused for %r", shown)
+            log.info("acl: LDAP login refused for %r from %s", shown, address or "?")
             raise Unauthenticated(REFUSED) from None
         except DirectoryUnavailable as exc:
             self.metrics.inc("acl_logins", outcome="unavailable")
@@ -124,17 +189,67 @@ class AclRuntime:
             self.metrics.inc("acl_logins", outcome="unavailable")
             log.exception("acl: LDAP login for %r failed", shown)
             raise Unavailable(UNAVAILABLE) from None
-        finally:
-            self._logins_in_flight -= 1
-        name = username.strip().lower()
-        token, expires = self.tokens.mint(name, admin=result.admin, tags=result.tags)
+        minted = await self.issue(name, admin=result.admin, tags=result.tags)
         self.metrics.inc("acl_logins", outcome="ok")
-        log.info("acl: LDAP login of %r (%s): admin=%s, %d tag(s), %d group(s)", shown,
-                 result.user_dn, result.admin, len(result.tags), len(result.groups))
+        log.info("acl: LDAP login of %r (%s) from %s: token %s, admin=%s, %d tag(s), "
+                 "%d group(s)", shown, result.user_dn, address or "?", minted.token_id,
+                 result.admin, len(result.tags), len(result.groups))
         if not result.admin and not result.tags:
             log.info("acl: %r is in no mapped group: the login grants nothing", shown)
-        return LoginGrant(token=token, expires_at=expires, admin=result.admin,
-                          tags=tuple(sorted(result.tags)))
+        return LoginGrant(token=minted.token, expires_at=minted.expires_at,
+                          admin=minted.admin, tags=minted.tags)
+
+    def _exchange(self, username: str, password: str, name: str,
+                  address: str) -> LoginResult:
+        """On a login thread: ask the directory; count the outcome here, so that a login
+        whose caller went away still counts."""
+        from .directory import LoginRefused
+
+        assert self.directory is not None
+        try:
+            result = self.directory.authenticate(username, password)
+        except LoginRefused:
+            for failures, key, whose in ((self.user_failures, name, f"for {name[:64]!r}"),
+                                         (self.peer_failures, address, f"from {address}")):
+                refused = failures.failed(key) if key else 0.0
+                if refused:
+                    log.warning("acl: too many failed logins %s: refused for %.0f s", whose,
+                                refused)
+            raise
+        self.user_failures.succeeded(name)
+        return result
+
+    def _refuse_while_backing_off(self, name: str, address: str, shown: str) -> None:
+        """``ResourceExhausted`` with a retry hint while the name or the address is
+        refused for its failed logins."""
+        by_name = self.user_failures.retry_after(name)
+        by_address = self.peer_failures.retry_after(address) if address else 0.0
+        wait = max(by_name, by_address)
+        if wait <= 0:
+            return
+        limit = "username" if by_name >= by_address else "peer"
+        seconds = math.ceil(wait)
+        self.metrics.inc("acl_logins", outcome="throttled", limit=limit)
+        log.info("acl: LDAP login of %r from %s refused for %d s more (too many failed "
+                 "logins %s)", shown, address or "?", seconds,
+                 "for the username" if limit == "username" else "from the address")
+        what = "for this username" if limit == "username" else "from your address"
+        raise ResourceExhausted(f"too many failed logins {what}; try again in {seconds} s",
+                                retry_after=wait)
+
+    async def issue(self, username: str, *, admin: bool, tags: Iterable[str],
+                    ttl: float | None = None) -> MintedToken:
+        """Mint a token and record it (a token the store does not hold is refused)."""
+        assert self.tokens is not None and self.store is not None
+        minted = self.tokens.mint(username, admin=admin, tags=tags, ttl=ttl)
+        try:
+            await self.store.record(minted)
+        except Exception:
+            log.exception("acl: the token store cannot be written; login refused")
+            self.metrics.inc("acl_logins", outcome="unavailable")
+            raise Unavailable("the sign-in token could not be recorded; try again "
+                              "later") from None
+        return minted
 
     # -- revocation ------------------------------------------------------------------------
 
@@ -149,8 +264,12 @@ class AclRuntime:
                 log.exception("acl: revocation check failed; retrying")
 
     async def check_once(self) -> int:
-        """End the streams of revoked API keys and expired tokens; returns how many."""
+        """End the streams of revoked API keys, revoked and expired tokens; returns how
+        many. Also forgets old failed logins."""
+        self.user_failures.prune()
+        self.peer_failures.prune()
         by_key: dict[str, list[tuple[Session, Subscription]]] = {}
+        by_token: dict[str, list[tuple[Session, Subscription]]] = {}
         ended = 0
         now = time.time()
         for session in self.gateway.sessions():
@@ -162,6 +281,8 @@ class AclRuntime:
                     self._end(session, sub, f"the sign-in token of {identity.key_id} "
                               "has expired; log in again", "token expired")
                     ended += 1
+                elif isinstance(identity, TokenIdentity):
+                    by_token.setdefault(identity.token_id, []).append((session, sub))
                 elif identity.kind == "api_key":
                     by_key.setdefault(identity.key_id, []).append((session, sub))
         for key_id, streams in by_key.items():
@@ -172,6 +293,15 @@ class AclRuntime:
             for session, sub in streams:
                 self._end(session, sub, f"API key {key_id} has been revoked", "key revoked")
                 ended += 1
+        if by_token and self.store is not None:
+            for token_id in sorted(await self.store.inactive(by_token)):
+                streams = by_token[token_id]
+                log.info("acl: sign-in token %s is revoked: ending its %d live stream(s)",
+                         token_id, len(streams))
+                for session, sub in streams:
+                    self._end(session, sub, f"the sign-in token {token_id} has been "
+                              "revoked; log in again", "token revoked")
+                    ended += 1
         return ended
 
     def _end(self, session: Session, sub: Subscription, message: str, reason: str) -> None:

@@ -6,15 +6,18 @@ process that reads the same file accepts the same tokens; deleting the file and
 restarting invalidates every token issued so far.
 
 Only ``EdDSA`` is accepted (never the token's own ``alg`` choice), with issuer,
-audience, expiry and issue time required. A token is never logged.
+audience, expiry, issue time and id (``jti``) required. A token is never logged;
+its id is (it names the token in ``sessiongate tokens list`` and ``revoke``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import pathlib
+import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -27,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sessiongate.core import ADMIN_SCOPE, Identity
 from sessiongate.core.errors import Unauthenticated
 
-__all__ = ["ISSUER", "KEY_FILE", "TOKEN_KIND", "TokenSigner", "is_ours", "looks_like_jwt"]
+__all__ = ["ISSUER", "KEY_FILE", "TOKEN_KIND", "MintedToken", "TokenIdentity", "TokenSigner",
+           "is_ours", "looks_like_jwt"]
 
 log = logging.getLogger("sessiongate.plugins.acl")
 
@@ -38,6 +42,28 @@ ALGORITHM = "EdDSA"
 TOKEN_KIND = "token"
 #: subjects of LDAP logins; never collides with an API key id (hex)
 SUBJECT_PREFIX = "ldap:"
+#: a token's id (``jti``): 16 hex digits
+TOKEN_ID = re.compile(r"[0-9a-f]{16}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenIdentity(Identity):
+    """The identity a sign-in token carries, with the token's id (to check revocation)."""
+
+    token_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class MintedToken:
+    """A new token and what is recorded about it (everything but the token itself)."""
+
+    token: str = dataclasses.field(repr=False)  # a secret: never in a repr or a log
+    token_id: str
+    username: str
+    admin: bool
+    tags: tuple[str, ...]
+    issued_at: float
+    expires_at: float
 
 
 def looks_like_jwt(credential: str) -> bool:
@@ -111,39 +137,45 @@ class TokenSigner:
         return cls(_load_or_create(state_dir / KEY_FILE), ttl_seconds)
 
     def mint(self, username: str, *, admin: bool, tags: Iterable[str],
-             now: float | None = None, ttl: float | None = None) -> tuple[str, float]:
-        """A token for ``username``; returns ``(token, expires_at)`` (epoch seconds)."""
-        issued = time.time() if now is None else now
-        expires = issued + (self.ttl if ttl is None else ttl)
+             now: float | None = None, ttl: float | None = None) -> MintedToken:
+        """A token for ``username`` (times in whole epoch seconds, as in the claims)."""
+        issued = int(time.time() if now is None else now)
+        expires = int(issued + (self.ttl if ttl is None else ttl))
+        token_id = secrets.token_hex(8)
+        granted = tuple(sorted(set(tags)))
         claims: dict[str, Any] = {
             "iss": ISSUER, "aud": AUDIENCE,
             "sub": SUBJECT_PREFIX + username,
             "name": username,
             "adm": bool(admin),
-            "tags": sorted(set(tags)),
-            "iat": int(issued), "exp": int(expires),
-            "jti": secrets.token_hex(8),
+            "tags": list(granted),
+            "iat": issued, "exp": expires,
+            "jti": token_id,
         }
         token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"kid": self.kid})
-        return token, float(int(expires))
+        return MintedToken(token=token, token_id=token_id, username=username,
+                           admin=bool(admin), tags=granted, issued_at=float(issued),
+                           expires_at=float(expires))
 
-    def verify(self, token: str) -> Identity:
+    def verify(self, token: str) -> TokenIdentity:
         """The identity a token carries; ``Unauthenticated`` when it is not valid now."""
         try:
             claims = jwt.decode(
                 token, self._public, algorithms=[ALGORITHM], audience=AUDIENCE,
-                issuer=ISSUER, options={"require": ["exp", "iat", "sub", "iss", "aud"]})
+                issuer=ISSUER, options={"require": ["exp", "iat", "sub", "iss", "aud", "jti"]})
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("the sign-in token has expired; log in again") from None
         except jwt.PyJWTError:
             raise Unauthenticated("the sign-in token is not valid (tampered, or not "
                                   "issued by this gateway)") from None
         sub, tags, admin = claims.get("sub"), claims.get("tags", []), claims.get("adm", False)
+        token_id = claims.get("jti")
         if (not isinstance(sub, str) or not sub.startswith(SUBJECT_PREFIX)
+                or not isinstance(token_id, str) or not TOKEN_ID.fullmatch(token_id)
                 or not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
                 or not isinstance(admin, bool)):
             raise Unauthenticated("the sign-in token is not valid (unexpected claims)")
-        return Identity(key_id=sub, name=str(claims.get("name") or sub),
-                        scopes=frozenset({ADMIN_SCOPE}) if admin else frozenset(),
-                        tags=frozenset(tags), kind=TOKEN_KIND,
-                        expires_at=float(claims["exp"]))
+        return TokenIdentity(key_id=sub, name=str(claims.get("name") or sub),
+                             scopes=frozenset({ADMIN_SCOPE}) if admin else frozenset(),
+                             tags=frozenset(tags), kind=TOKEN_KIND,
+                             expires_at=float(claims["exp"]), token_id=token_id)

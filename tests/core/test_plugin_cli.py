@@ -81,7 +81,8 @@ def test_a_taken_name_is_left_out_with_a_warning(installed, capsys):
     installed.append(_plugin("first", _echo("echo", [])))
     installed.append(_plugin("second", _echo("echo", []), _echo("serve", [])))
     found = commands.plugin_commands(["--help"])
-    assert list(found) == ["echo"]
+    # pluggy calls the plugin registered last first: it gets the name
+    assert found["echo"][0] == "second" and "serve" not in found
     err = capsys.readouterr().err
     assert "command 'serve' is already defined by core" in err
     assert "command 'echo' is already defined by" in err

@@ -3,7 +3,9 @@
 ``slapd`` is started once per test session on 127.0.0.1 with a free port, from a
 ``cn=config`` directory made with ``slapadd`` in a temp dir, loaded with a small
 directory (people, groups with ``member``, a service account) through ldap3 as
-the root DN, and stopped (SIGTERM, then waited for) at the end.
+the root DN, and stopped (SIGTERM, then waited for) at the end. Its ``cn=Monitor``
+database (readable by the root DN) counts the requests it served:
+:meth:`Slapd.requests` reads them.
 
 Install it with ``apt-get install slapd ldap-utils`` (CI does). Without it the LDAP
 tests are skipped locally and fail under CI (``CI`` set), so a CI without slapd
@@ -73,6 +75,32 @@ class Slapd:
         }
         values.update({f"plugins.acl.ldap.{k}": v for k, v in extra.items()})
         return values
+
+    def requests(self) -> dict[str, int]:
+        """Connections accepted and binds and searches begun so far, from cn=Monitor
+        (blocking). Counters only go up; compare two readings. The reading itself adds
+        one connection, one bind and one search."""
+        from sessiongate.plugins.acl.directory import SUBTREE, Connection, Server
+
+        conn = Connection(Server(self.uri, get_info="NO_INFO"), user=self.root_dn,
+                          password=self.root_pw, auto_bind=True, raise_exceptions=True,
+                          check_names=False)
+        try:
+            conn.search("cn=Monitor", "(|(monitorOpInitiated=*)(monitorCounter=*))",
+                        search_scope=SUBTREE, attributes=["monitorOpInitiated",
+                                                            "monitorCounter"])
+            by_dn = {str(e["dn"]).lower(): e["raw_attributes"] for e in conn.response
+                     if e.get("type") == "searchResEntry"}
+        finally:
+            conn.unbind()
+
+        def count(dn: str, attribute: str) -> int:
+            return int(by_dn[dn][attribute][0])
+
+        return {"connections": count("cn=total,cn=connections,cn=monitor", "monitorCounter"),
+                "binds": count("cn=bind,cn=operations,cn=monitor", "monitorOpInitiated"),
+                "searches": count("cn=search,cn=operations,cn=monitor",
+                                  "monitorOpInitiated")}
 
 
 def _ssha(password: str) -> str:
@@ -146,6 +174,11 @@ olcDbIndex: uid,cn eq
 olcDbIndex: member eq
 olcAccess: {{0}}to attrs=userPassword by self write by anonymous auth by * none
 olcAccess: {{1}}to * by * read
+
+dn: olcDatabase={{2}}monitor,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{2}}monitor
+olcAccess: {{0}}to * by dn.exact="{ROOT_DN}" read by * none
 """
 
 

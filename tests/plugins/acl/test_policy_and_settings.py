@@ -120,6 +120,28 @@ def test_search_then_bind_needs_a_base_and_a_password(tmp_path):
     assert "plugins.acl.ldap.user_search_base = '': must be non-empty" in text
 
 
+def test_login_limit_rules(tmp_path):
+    text = _problems(tmp_path, **{
+        "plugins.acl.ldap.max_logins_in_flight": 0,
+        "plugins.acl.ldap.user_failures_before_backoff": 2.5,
+        "plugins.acl.ldap.peer_failures_before_backoff": -1,
+        "plugins.acl.ldap.failure_window_seconds": 0,
+        "plugins.acl.ldap.backoff_seconds": 60,
+        "plugins.acl.ldap.backoff_max_seconds": 30,
+        "plugins.acl.ldap.failure_table_size": 0,
+    })
+    for expected in (
+        "plugins.acl.ldap.max_logins_in_flight = 0",
+        "plugins.acl.ldap.user_failures_before_backoff = 2.5",
+        "plugins.acl.ldap.peer_failures_before_backoff = -1",
+        "plugins.acl.ldap.failure_window_seconds = 0",
+        "plugins.acl.ldap.backoff_max_seconds = 30: must be at least "
+        "plugins.acl.ldap.backoff_seconds",
+        "plugins.acl.ldap.failure_table_size = 0",
+    ):
+        assert expected in text, (expected, text)
+
+
 def test_ldap_rules_only_bite_when_ldap_is_on(tmp_path):
     from sessiongate.core.pluginhost.host import load
 

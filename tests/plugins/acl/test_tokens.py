@@ -53,14 +53,14 @@ async def test_a_login_token_is_a_bearer_credential(make_gateway, slapd):
 
 async def test_expired_token_is_unauthenticated(make_gateway, slapd):
     gw, signer = await _ldap_gateway(make_gateway, slapd)
-    token, _ = signer.mint("alice", admin=True, tags=(), now=time.time() - 3600, ttl=60)
+    token = signer.mint("alice", admin=True, tags=(), now=time.time() - 3600, ttl=60).token
     error = await rpc_error(gw.client(token).list())
     assert error.code() == UNAUTH and "expired" in error.details()
 
 
 async def test_tampered_token_is_unauthenticated(make_gateway, slapd):
     gw, signer = await _ldap_gateway(make_gateway, slapd)
-    token, _ = signer.mint("victor", admin=False, tags=("line-1",))
+    token = signer.mint("victor", admin=False, tags=("line-1",)).token
     header, payload, signature = token.split(".")
     claims = {**_claims(token), "adm": True}  # promote oneself to admin
     forged = f"{header}.{_b64(claims)}.{signature}"
@@ -75,7 +75,7 @@ async def test_tampered_token_is_unauthenticated(make_gateway, slapd):
 async def test_token_signed_by_another_key_is_unauthenticated(make_gateway, slapd):
     gw, signer = await _ldap_gateway(make_gateway, slapd)
     stranger = TokenSigner(Ed25519PrivateKey.generate(), 600)
-    token, _ = stranger.mint("alice", admin=True, tags=())
+    token = stranger.mint("alice", admin=True, tags=()).token
     assert (await rpc_error(gw.client(token).list())).code() == UNAUTH
     # same kid header as ours does not help either
     forged = jwt.encode(_claims(token), Ed25519PrivateKey.generate(), algorithm="EdDSA",
@@ -85,7 +85,7 @@ async def test_token_signed_by_another_key_is_unauthenticated(make_gateway, slap
 
 async def test_alg_none_and_hmac_tokens_are_refused(make_gateway, slapd):
     gw, signer = await _ldap_gateway(make_gateway, slapd)
-    token, _ = signer.mint("alice", admin=True, tags=())
+    token = signer.mint("alice", admin=True, tags=()).token
     claims = _claims(token)
     unsigned = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}."
     assert (await rpc_error(gw.client(unsigned).list())).code() == UNAUTH
@@ -97,7 +97,7 @@ async def test_alg_none_and_hmac_tokens_are_refused(make_gateway, slapd):
 async def test_tokens_are_refused_while_ldap_login_is_off(make_gateway):
     gw = await make_gateway()
     signer = TokenSigner(Ed25519PrivateKey.generate(), 600)
-    token, _ = signer.mint("alice", admin=True, tags=())
+    token = signer.mint("alice", admin=True, tags=()).token
     error = await rpc_error(gw.client(token).list())
     assert error.code() == UNAUTH and "LDAP login is off" in error.details()
 
@@ -112,14 +112,14 @@ async def test_the_next_gateway_on_the_state_dir_accepts_the_token(make_gateway,
 
 
 async def test_an_expiring_token_ends_its_live_stream(make_gateway, slapd):
-    gw, signer = await _ldap_gateway(
+    gw, _signer = await _ldap_gateway(
         make_gateway, slapd, **{"plugins.acl.revocation_check_interval_seconds": 0.1})
     sid = (await gw.client().open()).session_id
-    token, expires = signer.mint("alice", admin=True, tags=(), ttl=2)
-    call = gw.client(token).stream(sid)
+    minted = await runtime_of(gw.gateway.api).issue("alice", admin=True, tags=(), ttl=2)
+    call = gw.client(minted.token).stream(sid)
     await attached(call)
     assert await stream_end(call) == UNAUTH
-    assert time.time() >= expires
+    assert time.time() >= minted.expires_at
     assert gw.gateway.metrics.get("acl_streams_ended", reason="token expired") == 1
 
 
@@ -135,5 +135,5 @@ async def test_a_failed_start_fails_closed(make_gateway, tmp_path, caplog):
     error = await rpc_error(gw.client().open())
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     signer = TokenSigner(Ed25519PrivateKey.generate(), 600)
-    token, _ = signer.mint("alice", admin=True, tags=())
+    token = signer.mint("alice", admin=True, tags=()).token
     assert (await rpc_error(gw.client(token).list())).code() == UNAUTH
