@@ -123,9 +123,11 @@ class Gateway:
         except BaseException:
             self._unlock_state_dir()
             raise
+        plugins_started = False
         try:
             if await self.keys.count() == 0:
                 await self._bootstrap_admin()
+            plugins_started = True
             await self.hooks.notify("sg_startup")
             # Workers of an earlier instance that no plugin adopted: stop them.
             spare = [s.worker.pid for s in self.sessions.live.values()
@@ -133,6 +135,8 @@ class Gateway:
             await terminator.terminate_leftovers(self.home, spare)
         except BaseException:
             await self.tasks.cancel_and_wait()
+            if plugins_started:  # what their sg_startup opened, they close
+                await self.hooks.notify("sg_shutdown")
             await self.keys.close()
             self._unlock_state_dir()
             raise

@@ -153,6 +153,8 @@ def sg_shutdown(gateway: GatewayAPI) -> None:
     ``gateway.spawn`` have been cancelled and awaited.
 
     Plugins cancel and await any other task they own and close what they opened.
+    Also called when the gateway fails to start after :func:`sg_startup` ran (then
+    without sessions to end), so what a plugin opened there is closed either way.
 
     Kind: observer, may be async.
     """

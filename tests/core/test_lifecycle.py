@@ -136,3 +136,32 @@ async def test_an_attach_racing_the_sessions_end_ends_like_its_streams(make_gate
     else:
         assert code == grpc.StatusCode.UNAVAILABLE, details
         assert "injected by the test" in details
+
+
+class StartStop:
+    """Records sg_startup and sg_shutdown."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    @hookimpl
+    def sg_startup(self) -> None:
+        self.calls.append("startup")
+
+    @hookimpl
+    def sg_shutdown(self) -> None:
+        self.calls.append("shutdown")
+
+
+async def test_a_start_failing_after_plugins_started_shuts_them_down(make_gateway,
+                                                                       monkeypatch):
+    from sessiongate.core import gateway as gateway_module
+
+    async def fail(*args, **kwargs):
+        raise OSError("injected: cannot list processes")
+
+    monkeypatch.setattr(gateway_module.terminator, "terminate_leftovers", fail)
+    plugin = StartStop()
+    with pytest.raises(OSError, match="injected"):
+        await make_gateway(extra_plugins=(plugin,))
+    assert plugin.calls == ["startup", "shutdown"]
