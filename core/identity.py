@@ -177,3 +177,5 @@ class LoginGrant:
     expires_at: float
     admin: bool = False
     tags: tuple[str, ...] = ()
+    #: names the token so it can be revoked alone (not a secret); "" if it cannot be
+    token_id: str = ""

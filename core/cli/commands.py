@@ -578,6 +578,9 @@ async def _client(args: argparse.Namespace) -> int:
                 password = (getpass.getpass("LDAP password: ") if sys.stdin.isatty()
                             else sys.stdin.readline().rstrip("\n"))
                 response = await gw.login(args.user, password)
+                if response.token_id:
+                    print(f"token {response.token_id} (revoke it alone with 'sessiongate "
+                          f"tokens revoke {response.token_id}')", file=sys.stderr)
                 print(response.token)
             elif args.command == "stream":
                 return await _stream(gw, args)

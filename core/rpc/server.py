@@ -162,7 +162,8 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
                                 "sg_login (see the deployer's guide)")
         expires_at = Timestamp()
         expires_at.FromSeconds(int(grant.expires_at))
-        return gateway_pb2.LoginResponse(token=grant.token, expires_at=expires_at,
+        return gateway_pb2.LoginResponse(token=grant.token, token_id=grant.token_id,
+                                         expires_at=expires_at,
                                          admin=grant.admin, tags=sorted(grant.tags))
 
     async def StreamEvents(self, request: Any,

@@ -197,7 +197,7 @@ class AclRuntime:
         if not result.admin and not result.tags:
             log.info("acl: %r is in no mapped group: the login grants nothing", shown)
         return LoginGrant(token=minted.token, expires_at=minted.expires_at,
-                          admin=minted.admin, tags=minted.tags)
+                          admin=minted.admin, tags=minted.tags, token_id=minted.token_id)
 
     def _exchange(self, username: str, password: str, name: str,
                   address: str) -> LoginResult:

@@ -11,6 +11,8 @@ import time
 import grpc
 import pytest
 
+from sessiongate.plugins.acl import runtime_of
+
 from .conftest import PEOPLE
 from .helpers import attached, rpc_error
 
@@ -160,6 +162,9 @@ async def test_cli_login_prints_the_token_alone(make_gateway, slapd):
     token = out.decode().strip()
     assert out.decode() == token + "\n" and token.count(".") == 2
     assert await gw.client(token).list() == []
+    # stderr names the token, for revoking it alone; the id is the token's own
+    token_id = runtime_of(gw.gateway.api).tokens.verify(token).token_id
+    assert f"tokens revoke {token_id}" in err.decode()
     # a wrong password: exit 1, nothing on stdout, the reason on stderr
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
