@@ -128,14 +128,22 @@ def parse_raw_events(data: bytes) -> tuple[list[bytes], bool]:
     return list(raw.events.events), raw.events.overrun
 
 
+UINT64_MASK = (1 << 64) - 1
+
+
 def sequence_of(body: bytes) -> int:
-    """An encoded Event's sequence (field 1, written first); 0 when it is not there."""
+    """An encoded Event's sequence (field 1, written first); 0 when it is not there.
+
+    Read as protobuf reads it: a 10-byte varint may carry 70 bits, of which only the
+    low 64 count, so the number always fits a uint64 (as the subscriber decoding the
+    same bytes sees it).
+    """
     if not body or body[0] != 0x08:
         return 0
     value = shift = 0
     for byte in body[1:11]:
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
-            return value
+            return value & UINT64_MASK
         shift += 7
     return 0

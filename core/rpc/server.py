@@ -15,12 +15,14 @@ import errno
 import functools
 import logging
 import math
+import re
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -53,7 +55,9 @@ GRPC_DEFAULT_MAX_RECEIVE = 4 << 20
 #: whose command could fit a worker frame always arrives, so the gateway can name the
 #: setting when the command does not fit
 INVOKE_OVERHEAD = 64 << 10
-
+#: the most characters a request's text field (an id, a name, a command) may hold
+MAX_TEXT_FIELD = 256
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 def _status(code: str) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, code, grpc.StatusCode.INTERNAL)
@@ -67,13 +71,57 @@ async def _abort(context: grpc.aio.ServicerContext, exc: GatewayError) -> None:
     await context.abort(_status(exc.code), exc.message)
 
 
+class MalformedRequest:
+    """What a request whose bytes do not decode becomes (see :func:`_lenient`)."""
+
+    def __init__(self, message_name: str) -> None:
+        self.message_name = message_name
+
+
+def _lenient(deserialize: Callable[[bytes], Any], message_name: str) -> Callable[[bytes], Any]:
+    """A request decoder that hands the handler a :class:`MalformedRequest` rather than
+    raising: left to gRPC, a request that does not decode ends UNKNOWN with the
+    decoder's exception as the message, and a traceback in the log."""
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return MalformedRequest(message_name)
+
+    return decode
+
+
+def check_request(request: Any, *, text_fields: bool = True) -> None:
+    """Refuse a request that did not decode; and (``text_fields``) one whose text fields
+    (ids, names, commands) are too long or hold control characters, before anything
+    echoes them: an error message travels in a trailer that clients cap at 16 KiB (a
+    longer one reaches them as RESOURCE_EXHAUSTED, not the code meant), and a log line
+    must not carry megabytes or forged line breaks.
+    """
+    if isinstance(request, MalformedRequest):
+        raise InvalidArgument(f"malformed request: the bytes received are not a valid "
+                              f"{request.message_name}")
+    if not text_fields:
+        return
+    for field, value in request.ListFields():
+        if field.type != field.TYPE_STRING:
+            continue
+        if len(value) > MAX_TEXT_FIELD:
+            raise InvalidArgument(f"{field.name} is longer than {MAX_TEXT_FIELD} characters")
+        if _CONTROL_CHARACTER.search(value):
+            raise InvalidArgument(f"{field.name} contains a control character")
+
+
 def unary(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Authenticate, run, and turn GatewayError into the contract's status codes."""
+    """Authenticate, check the request (:func:`check_request`), run, and turn
+    GatewayError into the contract's status codes."""
 
     @functools.wraps(method)
     async def handler(self: GatewayService, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
             identity = await self.gateway.authenticate(context.invocation_metadata())
+            check_request(request)
             logfields.bind(key_id=identity.key_id,
                            session_id=str(getattr(request, "session_id", "")))
             return await method(self, request, context, identity)
@@ -150,6 +198,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     async def Login(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Unauthenticated by nature: a plugin (``sg_login``) checks the password."""
         try:
+            check_request(request, text_fields=False)  # the plugin bounds what it echoes
             grant = await self.gateway.hooks.decide("sg_login", username=str(request.username),
                                                     password=str(request.password),
                                                     peer=str(context.peer()))
@@ -172,6 +221,7 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         session: Session | None = None
         try:
             identity = await self.gateway.authenticate(context.invocation_metadata())
+            check_request(request)
             logfields.bind(key_id=identity.key_id, session_id=request.session_id,
                            subscriber_id=request.subscriber_id)
             resume = request.HasField("after_sequence")
@@ -305,6 +355,10 @@ def add_service(servicer: GatewayService, server: grpc.aio.Server) -> None:
     handlers["StreamEvents"] = grpc.unary_stream_rpc_method_handler(
         servicer.StreamEvents, request_deserializer=stream.request_deserializer,
         response_serializer=_passthrough)
+    methods = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"].methods_by_name
+    for name, handler in list(handlers.items()):
+        handlers[name] = handler._replace(request_deserializer=_lenient(
+            handler.request_deserializer, methods[name].input_type.full_name))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME,
                                                                           handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -582,6 +582,9 @@ class WorkerRuntime:
             else:
                 try:
                     arg = json.loads(cmd.payload) if cmd.payload else None
+                except RecursionError:  # nested deeper than Python's recursion limit
+                    raise CommandError("payload is not JSON this worker can read: "
+                                       "nested too deeply") from None
                 except ValueError as exc:
                     raise CommandError(f"payload is not JSON: {exc}") from None
             result = getattr(self.backend, attr)(arg)

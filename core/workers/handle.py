@@ -48,6 +48,9 @@ __all__ = ["WORKER_MODULE", "WorkerConfig", "WorkerHandle", "nonce_digest"]
 
 log = logging.getLogger("sessiongate.workers")
 
+#: the prefix of every setting given in the environment; a worker inherits none
+SETTINGS_ENV_PREFIX = "SESSIONGATE_"
+
 WORKER_MODULE = terminator.WORKER_MODULE
 EVENTS_FIRST_BYTE = bytes([protocol.EVENTS_TAG])
 #: the pump's sink: (encoded events, frame size in bytes, events were dropped right before)
@@ -163,7 +166,10 @@ class WorkerHandle:
         self._nonce = secrets.token_bytes(32)  # memory only, until go() hands it over
         self.nonce_digest = nonce_digest(self._nonce)
         argv = [self.config.python, "-m", WORKER_MODULE]
-        env = dict(os.environ)
+        # The gateway's own settings (SESSIONGATE_*: an LDAP bind password, say) are not
+        # the worker's business and would be readable in /proc/PID/environ.
+        env = {name: value for name, value in os.environ.items()
+               if not name.startswith(SETTINGS_ENV_PREFIX)}
         env.update(env_extra)
         env.update({
             protocol.SOCKET_ENV: self.socket_path,

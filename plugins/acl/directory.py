@@ -47,6 +47,7 @@ with warnings.catch_warnings():
     from ldap3 import NONE, SIMPLE, SUBTREE, Connection, Server, Tls
     from ldap3.core import tls as _ldap3_tls
     from ldap3.core.exceptions import LDAPException, LDAPInvalidDnError
+    from ldap3.protocol.sasl.sasl import validate_simple_password
     from ldap3.utils.conv import escape_filter_chars
     from ldap3.utils.dn import escape_rdn
     from ldap3.utils.tls_backport import match_hostname as _match_dns_name
@@ -253,6 +254,12 @@ class Directory:
         if (not username or not password or len(username) > MAX_USERNAME
                 or _CONTROL.search(username)):
             raise LoginRefused
+        try:
+            validate_simple_password(password)
+        except LDAPException:
+            # A password ldap3 will not send (SASLprep refuses it) is no account's: it
+            # fails like any wrong one, by the same path (a random one is sent instead)
+            password = secrets.token_urlsafe(24)
         cfg = self.config
         server = self._server()
         service: Connection | None = None
