@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from collections.abc import Collection, Coroutine
 from typing import Any
 
 from sessiongate.core import logfields
 
 __all__ = ["OwnedTasks"]
+
+log = logging.getLogger("sessiongate.tasks")
 
 
 class OwnedTasks:
@@ -40,8 +43,15 @@ class OwnedTasks:
             context.run(logfields.bind, session_id=self._session_id)
         task = asyncio.create_task(coro, name=f"{name}{self._suffix}", context=context)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
         return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        """Forget a finished task; an exception it ended with is logged here, its owner
+        having nobody else to tell (asyncio would only complain at garbage collection)."""
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     def named(self, names: Collection[str]) -> list[asyncio.Task[Any]]:
         """The running tasks spawned under one of ``names``."""

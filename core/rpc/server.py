@@ -227,8 +227,10 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
             resume = request.HasField("after_sequence")
             session = await self._session(identity, request.session_id,
                                     "resume" if resume else "stream")
-            if _ended(session, (SessionState.CLOSED,)):
-                return  # attach after the end: the session's terminal status, at once
+            if _ended(session, (SessionState.CLOSING, SessionState.CLOSED)):
+                # a session closing or closed: the stream ends as its others did (OK), at
+                # once; a resume gets no replay of what it had not read before the close
+                return
             session.require_ready("stream events")
             assert isinstance(session, Session)
             after = request.after_sequence if resume else None

@@ -255,6 +255,11 @@ class EventLog:
                                else gateway_pb2.EXPIRED)
         self.start += count
         self._dead += count
+        # one stamp per batch, kept no longer than its events: bounded by what the log
+        # holds, not by the event rate over max_age
+        stamps = self._stamps
+        while stamps and stamps[0][1] <= self.start:
+            stamps.popleft()
         if self._dead >= _COMPACT_AT and self._dead * 2 >= len(self._items):
             del self._items[:self._dead]
             self._dead = 0

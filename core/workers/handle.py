@@ -358,6 +358,8 @@ class WorkerHandle:
         beat = protocol.encode(worker_pb2.WorkerFrame(heartbeat=worker_pb2.Heartbeat()))
         while self._writer is not None:
             await asyncio.sleep(self.config.heartbeat_interval)
+            if self._writer is None or self._writer.is_closing():
+                return  # the connection ended while we slept: nothing to keep alive
             if loop.time() - self._last_seen > self.config.heartbeat_timeout:
                 log.error("session %s: no frame from the worker for %.0f s", self.session_id,
                           loop.time() - self._last_seen)

@@ -137,6 +137,22 @@ def test_age_eviction_with_injected_clock():
     assert log.locate(3) == (5, Gap(3, 6, EXPIRED))
 
 
+def test_age_bookkeeping_is_bounded_by_what_the_log_holds_not_by_the_rate():
+    """One event per batch for far longer than the ring holds, all within max_age: the
+    per-batch stamps of evicted events go with them (memory grew with the event rate)."""
+    clock = Clock()
+    log = EventLog(16, 300, clock)
+    for sequence in range(1, 10_001):
+        log.append(events(sequence, sequence))
+        log.trim(log.replay_start())
+        clock.now += 0.001
+    assert seqs(log.read(log.start, 100)) == list(range(9985, 10_001))
+    assert len(log._stamps) <= 16
+    clock.now += 300  # and age eviction still works on what is left
+    log.trim(log.replay_start())
+    assert len(log) == 0
+
+
 def test_an_event_exactly_max_age_old_has_expired():
     clock = Clock()
     log = EventLog(100, 10, clock)

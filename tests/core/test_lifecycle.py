@@ -165,3 +165,30 @@ async def test_a_start_failing_after_plugins_started_shuts_them_down(make_gatewa
     with pytest.raises(OSError, match="injected"):
         await make_gateway(extra_plugins=(plugin,))
     assert plugin.calls == ["startup", "shutdown"]
+
+
+async def test_an_attach_while_the_session_is_closing_ends_ok(make_gateway):
+    """A stream (live or resuming) arriving while the session closes ends OK at once,
+    as the session's other streams do; not FAILED_PRECONDITION."""
+    gw = await make_gateway()
+    client = gw.client()
+    sid = (await client.open()).session_id
+    session = gw.gateway.sessions.get(sid)
+    worker, release = session.worker, asyncio.Event()
+    real_stop = worker.stop
+
+    async def slow_stop(*args, **kwargs):  # a worker slow to exit holds the session CLOSING
+        await release.wait()
+        return await real_stop(*args, **kwargs)
+
+    worker.stop = slow_stop
+    closing = asyncio.ensure_future(client.close(sid))
+    await wait_for(lambda: session.state == "CLOSING")
+    try:
+        for options in ({}, {"after_sequence": 0}):
+            code, details = await asyncio.wait_for(stream_end(client.stream(sid, **options)),
+                                                   10)
+            assert code == grpc.StatusCode.OK, (options, details)
+    finally:
+        release.set()
+        await closing

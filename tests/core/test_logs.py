@@ -112,3 +112,25 @@ def test_a_task_of_a_session_logs_with_its_id():
 
 async def _log(logger, message: str) -> None:
     logger.info(message)
+
+
+def test_an_owned_task_that_fails_is_logged_with_its_name(caplog):
+    """Its owner may never await it: the failure must not wait for garbage collection."""
+    import asyncio
+
+    from sessiongate.core.tasks import OwnedTasks
+
+    async def fails() -> None:
+        raise RuntimeError("injected failure")
+
+    async def main() -> None:
+        tasks = OwnedTasks("s-2")
+        done = asyncio.Event()
+        task = tasks.spawn(fails(), "heartbeat")
+        task.add_done_callback(lambda _: done.set())  # called after the owner's own
+        await done.wait()
+
+    asyncio.run(main())
+    failed = [r for r in caplog.records if r.name == "sessiongate.tasks"]
+    assert [r.getMessage() for r in failed] == ["task heartbeat:s-2 failed"]
+    assert "injected failure" in str(failed[0].exc_info[1])
