@@ -89,6 +89,7 @@ class Gateway:
             f'state_dir = "{workdir / "state"}"\n'
             f'runtime_dir = "{workdir / "run"}"\n'
             f'server.grpc_address = "127.0.0.1:{self.port}"\n'
+            'server.http_address = "127.0.0.1:0"\n'
             'log.level = "WARNING"\n'
             + (f"events.queue_capacity = {capacity}\n" if capacity is not None else "") +
             'events.backpressure_policy = "disconnect_subscriber"\n'

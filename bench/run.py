@@ -137,12 +137,14 @@ def _toml(value: Any) -> str:
 
 def start_gateway(workdir: pathlib.Path, runtime: pathlib.Path, core_only: bool,
                   profile: str | None = None, *, python: str = sys.executable,
-                  capacity: int | None = None, name: str = "gateway") -> tuple[Child, str, str]:
+                  capacity: int | None = None, name: str = "gateway",
+                  extra: dict[str, Any] | None = None) -> tuple[Child, str, str]:
     """A ``sessiongate serve`` on the shipped settings (``events.queue_capacity`` and
     ``events.stall_timeout_seconds`` included) but for its dirs, the address and the
     plugin switches. ``capacity`` overrides the queue capacity: only the pre-change
     baseline gets that (it faults a session whose client is more than it behind).
     ``python``: the interpreter, whose ``sessiongate`` package is the code measured.
+    ``extra``: more settings (the activity gateway's plugin switch and sink).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     settings: dict[str, Any] = {
@@ -156,6 +158,9 @@ def start_gateway(workdir: pathlib.Path, runtime: pathlib.Path, core_only: bool,
     }
     if capacity is not None:
         settings["events.queue_capacity"] = capacity
+    else:  # the current code: its HTTP side port on a free port (the baseline has none)
+        settings["server.http_address"] = "127.0.0.1:0"
+    settings.update(extra or {})
     prefix = [python]
     if profile:  # cProfile the gateway and every worker; inspect with pstats
         out = pathlib.Path(profile).resolve()
@@ -472,6 +477,53 @@ async def measure_mem(workdir: pathlib.Path, core_only: bool, count: int,
         shutil.rmtree(runtime, ignore_errors=True)
 
 
+#: what a tracked call sends (docs/plugins/activity.md)
+TRACKING = (("x-session-track", "true"), ("x-session-context", "eyJiZW5jaCI6MX0"),
+            ("x-session-operation", "bench"))
+
+
+async def measure_invoke(client: Any, sid: str, calls: int,
+                         metadata: tuple[tuple[str, str], ...] = ()) -> float:
+    """Seconds for ``calls`` ``Invoke echo`` round trips, one call at a time (each
+    100 B, checked), with ``metadata`` added to every call."""
+    payload = b"x" * PAYLOAD
+    start = time.perf_counter()
+    for _ in range(calls):
+        if await client.invoke(sid, "echo", payload, metadata=metadata) != payload:
+            raise RuntimeError("echo replied something else")
+    return time.perf_counter() - start
+
+
+INVOKE_BLOCK = 100
+
+
+async def measure_tracking(client: Any, sid: str, calls: int, gateway_pid: int,
+                           cpu: dict[str, list[float]], first: str) -> dict[str, float]:
+    """Rows i and i-track: round trips per second of ``calls`` untracked and ``calls``
+    tracked ``Invoke echo`` calls on the same session, in alternating blocks of
+    ``INVOKE_BLOCK`` (``first`` first), so that machine noise hits both alike. The
+    gateway's CPU time (user + system) per call of each is appended to ``cpu``, in us.
+    """
+    import psutil
+
+    gateway = psutil.Process(gateway_pid)
+    spent = {"i": 0.0, "i-track": 0.0}
+    used = {"i": 0.0, "i-track": 0.0}
+    order = (first, "i-track" if first == "i" else "i")
+    done = 0
+    while done < calls:
+        block = min(INVOKE_BLOCK, calls - done)
+        for name in order:
+            cpu0 = _cpu(gateway)
+            spent[name] += await measure_invoke(client, sid, block,
+                                                TRACKING if name == "i-track" else ())
+            used[name] += _cpu(gateway) - cpu0
+        done += block
+    for name in spent:
+        cpu.setdefault(name, []).append(used[name] / calls * 1e6)
+    return {name: calls / seconds for name, seconds in spent.items()}
+
+
 async def measure_open(client: Any, opens: int, spacing: float = 0.0) -> float:
     """Median seconds of OpenSession (returns when the worker is Ready).
 
@@ -533,6 +585,8 @@ ROWS = [
     ("s0", "that slow client fed by the plain server", "events/s"),
     ("b1", "plain grpc.aio, 1 event per response", "events/s"),
     ("b64", "plain grpc.aio, 64 events per response", "events/s"),
+    ("i", "activity on: Invoke echo, no tracking headers", "calls/s"),
+    ("i-track", "activity on: Invoke echo, tracked (headers)", "calls/s"),
     ("c", "gateway: OpenSession until READY, 3 opens/s", "ms"),
     ("cb", "gateway: OpenSession, back-to-back opens", "ms"),
     ("c0", "bare spawn: python + protobuf + connect back", "ms"),
@@ -543,13 +597,14 @@ ROWS = [
 ]
 
 
-ROW_GROUPS = ("slow", "b1", "c", "mem")
+ROW_GROUPS = ("slow", "b1", "c", "mem", "act")
 
 
 async def bench(args: argparse.Namespace, gw_address: str, key: str, plain_address: str,
                 runtime: pathlib.Path, before: tuple[str, str] | None,
-                workdir: pathlib.Path,
-                pids: tuple[int, int]) -> tuple[dict[str, list[float]], dict[str, Any]]:
+                workdir: pathlib.Path, pids: tuple[int, int],
+                activity: tuple[str, str, int] | None = None,
+                ) -> tuple[dict[str, list[float]], dict[str, Any]]:
     from sessiongate.client import connect
 
     results: dict[str, list[float]] = {row[0]: [] for row in ROWS}
@@ -560,6 +615,13 @@ async def bench(args: argparse.Namespace, gw_address: str, key: str, plain_addre
         if before is not None:
             old = await stack.enter_async_context(connect(*before))
             await measure_gateway(old, min(args.events, 20000))
+        tracked_sid = ""
+        if activity is not None:
+            tracked = await stack.enter_async_context(connect(*activity[:2]))
+            tracked_sid = (await tracked.open(client_name="bench-activity",
+                                              backend="sim")).session_id
+            for metadata in ((), TRACKING):  # warm-up, both paths
+                await measure_invoke(tracked, tracked_sid, min(args.invokes, 200), metadata)
         # warm-up: the first session and stream pay one-time costs on both sides
         await measure_gateway(client, min(args.events, 20000))
         await measure_plain(plain_address, 20000, 64)
@@ -601,6 +663,12 @@ async def bench(args: argparse.Namespace, gw_address: str, key: str, plain_addre
                 results["c0"].append(await measure_spawn(runtime, args.opens) * 1000)
                 results["c"].append(await measure_open(client, args.opens, 0.33) * 1000)
                 results["cb"].append(await measure_open(client, args.opens) * 1000)
+            if activity is not None:
+                # same gateway, same session; which goes first alternates run by run
+                rates = await measure_tracking(tracked, tracked_sid, args.invokes, activity[2],
+                                               info["cpu"], "i" if run % 2 else "i-track")
+                for name, rate in rates.items():
+                    results[name].append(rate)
             if "mem" in rows and run < args.mem_runs:
                 mem = await measure_mem(workdir / f"mem-{run}", args.core_only,
                                         args.mem_events, args.mem_hold)
@@ -623,7 +691,7 @@ def report(results: dict[str, list[float]], info: dict[str, Any],
     med = {name: statistics.median(values) for name, values in results.items() if values}
     lines = [f"sessiongate bench: {args.events:,} events of {PAYLOAD} B (a-slow: "
              f"{args.slow_events:,}; mem: {args.mem_events:,}), {args.runs} run(s), "
-             f"{args.opens} opens/spawns per run, plugins "
+             f"{args.opens} opens/spawns per run, {args.invokes} invokes per i row, plugins "
              f"{'off (core only)' if args.core_only else 'as shipped'}, shipped "
              f"events.* settings (queue_capacity {SHIPPED['queue_capacity']}, "
              f"stall_timeout_seconds {SHIPPED['stall_timeout_seconds']}); "
@@ -647,7 +715,7 @@ def report(results: dict[str, list[float]], info: dict[str, Any],
         values = results[name]
         if not values:
             continue
-        fmt = "{:,.0f}" if unit == "events/s" else "{:,.1f}"
+        fmt = "{:,.0f}" if unit.endswith("/s") else "{:,.1f}"
         spread = f"{fmt.format(min(values))} .. {fmt.format(max(values))}"
         lines.append(f"| {name:<9}| {label:<48}| {fmt.format(med[name]):>12} | {unit:<9}"
                      f"| {spread:<22}|")
@@ -688,6 +756,13 @@ def report(results: dict[str, list[float]], info: dict[str, Any],
         lines += [
             f"| (c) / (c0) open latency | {ratio_c:.2f} | <= 1.0 {mark(ratio_c <= 1.0)} |",
             f"| (cb) / (c0) back-to-back opens | {_ratio(results, 'cb', 'c0'):.2f} | (info) |"]
+    if results["i-track"]:
+        ratio_i = _ratio(results, "i-track", "i")
+        lines += [f"| (i-track) / (i): tracked Invoke vs untracked, activity on | "
+                  f"{ratio_i:.2f} | >= 0.9 {mark(ratio_i >= 0.9)} |",
+                  f"| rows i / i-track CPU, us per call: gateway | "
+                  f"{statistics.median(info['cpu']['i']):.0f} / "
+                  f"{statistics.median(info['cpu']['i-track']):.0f} | (info) |"]
     cpu = info["cpu"]
     if cpu["now"]["gw"]:
         lines.append(f"| row a CPU, us per event: gateway / worker | "
@@ -737,8 +812,10 @@ def main() -> int:
     parser.add_argument("--rows", default=",".join(ROW_GROUPS),
                         help="comma list of what to measure besides a and b64 (always, and "
                              "a-before with --baseline): slow (a-slow, s0), b1, c (c, cb, c0), "
-                             "mem; default all")
+                             "mem, act (i, i-track); default all")
     parser.add_argument("--opens", type=int, default=20, help="opens/spawns per run (c, c0)")
+    parser.add_argument("--invokes", type=int, default=2000,
+                        help="Invoke round trips per run of rows i and i-track")
     parser.add_argument("--core-only", action="store_true",
                         help="gateway with every plugin off (default: plugins as shipped)")
     parser.add_argument("--baseline", metavar="PATH",
@@ -759,6 +836,7 @@ def main() -> int:
     if args.quick:
         args.runs, args.events, args.single_events, args.opens = 1, 20_000, 3_000, 5
         args.slow_events, args.mem_events, args.mem_hold = 10_000, 100_000, 2.0
+        args.invokes = 300
     if args.mem_runs is None:
         args.mem_runs = args.runs
     if args.baseline:
@@ -767,6 +845,7 @@ def main() -> int:
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="sg-bench-"))
     runtime = pathlib.Path(tempfile.mkdtemp(prefix="sgb", dir="/tmp"))  # short socket paths
     old_runtime = pathlib.Path(tempfile.mkdtemp(prefix="sgo", dir="/tmp"))
+    act_runtime = pathlib.Path(tempfile.mkdtemp(prefix="sga", dir="/tmp"))
     children: list[Child] = []
     try:
         plain = Child([sys.executable, os.path.abspath(__file__), "--plain-server"], workdir,
@@ -785,15 +864,26 @@ def main() -> int:
             children.append(old)
             before = (old_address, old_key)
             old_pid = old.proc.pid
+        activity = None
+        if "act" in args.rows:
+            # its own gateway, so that the interceptor does not touch the other rows
+            act_gw, act_address, act_key = start_gateway(
+                workdir / "activity", act_runtime, args.core_only, name="gateway-activity",
+                extra={"plugins.activity.enabled": True, "plugins.activity.sink": "file",
+                       "plugins.activity.path": str(workdir / "activity" / "events.jsonl"),
+                       "server.http_address": ""})  # the first gateway has the port
+            children.append(act_gw)
+            activity = (act_address, act_key, act_gw.proc.pid)
         plain_address = "127.0.0.1:" + plain.wait_for(r"(\d+)")
         results, info = asyncio.run(bench(args, gw_address, key, plain_address, runtime,
-                                          before, workdir, (gw.proc.pid, old_pid)))
+                                          before, workdir, (gw.proc.pid, old_pid), activity))
     finally:
         for child in reversed(children):
             child.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         shutil.rmtree(runtime, ignore_errors=True)
         shutil.rmtree(old_runtime, ignore_errors=True)
+        shutil.rmtree(act_runtime, ignore_errors=True)
     print("\n" + report(results, info, args))
     return 0
 

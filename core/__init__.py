@@ -35,6 +35,9 @@ _PUBLIC: dict[str, str] = {
     "Identity": "sessiongate.core.identity",
     "LoginGrant": "sessiongate.core.identity",
     "PluginCommand": "sessiongate.core.plugin_cli",
+    # for a plugin's command that calls the gateway (its own gRPC service)
+    "add_client_options": "sessiongate.core.cli.commands",
+    "call_gateway": "sessiongate.core.cli.commands",
     "Setting": "sessiongate.core.config.settings",
     "Settings": "sessiongate.core.config.settings",
     "boolean": "sessiongate.core.config.settings",
@@ -47,6 +50,11 @@ _PUBLIC: dict[str, str] = {
     "Stash": "sessiongate.core.stash",
     "StashKey": "sessiongate.core.stash",
     "SqliteStore": "sessiongate.core.storage",
+    # a plugin's metrics (sg_metrics)
+    "Metric": "sessiongate.core.metrics",
+    "counter": "sessiongate.core.metrics",
+    "gauge": "sessiongate.core.metrics",
+    "histogram": "sessiongate.core.metrics",
     "worker_socket_path": "sessiongate.core.pluginhost.defaults",
 }
 
@@ -63,6 +71,7 @@ __all__ = [
     "Identity",
     "InternalConsumer",
     "LoginGrant",
+    "Metric",
     "PluginCommand",
     "Session",
     "SessionState",
@@ -72,7 +81,12 @@ __all__ = [
     "Stash",
     "StashKey",
     "Subscription",
+    "add_client_options",
     "boolean",
+    "call_gateway",
+    "counter",
+    "gauge",
+    "histogram",
     "hookimpl",
     "hookspec",
     "non_negative_int",
@@ -89,6 +103,7 @@ _markers: dict[str, Any] = {}
 if TYPE_CHECKING:
     from pluggy import HookimplMarker, HookspecMarker
 
+    from sessiongate.core.cli.commands import add_client_options, call_gateway
     from sessiongate.core.config.settings import (
         Setting,
         Settings,
@@ -101,6 +116,7 @@ if TYPE_CHECKING:
         string,
     )
     from sessiongate.core.identity import ADMIN_SCOPE, TAG_PATTERN, Identity, LoginGrant
+    from sessiongate.core.metrics import Metric, counter, gauge, histogram
     from sessiongate.core.plugin_api import GatewayAPI, InternalConsumer
     from sessiongate.core.pluginhost.defaults import worker_socket_path
     from sessiongate.core.sessions.manager import AdoptionRecord

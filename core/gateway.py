@@ -9,12 +9,14 @@ cancels and awaits all of them. Plugins see it through
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
 import os
 import pathlib
 import secrets
+import time
 from typing import Any
 
 import pluggy
@@ -27,9 +29,10 @@ from sessiongate.core.errors import (
     Unauthenticated,
 )
 from sessiongate.core.identity import ADMIN_SCOPE, Identity, KeyStore, parse_bearer
-from sessiongate.core.metrics import Metrics
+from sessiongate.core.metrics import Metrics, RecentRate
 from sessiongate.core.plugin_api import GatewayAPI
 from sessiongate.core.pluginhost.host import Hooks
+from sessiongate.core.revocations import watch_revocations
 from sessiongate.core.sessions.manager import SessionManager
 from sessiongate.core.sessions.session import EndedSession, Session
 from sessiongate.core.tasks import OwnedTasks
@@ -79,6 +82,9 @@ class Gateway:
         #: what plugins see of this gateway (the ``gateway`` argument of hooks)
         self.api = GatewayAPI(self)
         self.hooks = Hooks(pm, self.api)
+        for plugin, declared in self.hooks.collect_by_plugin("sg_metrics"):
+            for problem in self.metrics.declare(declared, owner=plugin):
+                log.error("%s; left out", problem)
         self.state_dir = pathlib.Path(str(settings.state_dir)).resolve()
         self.runtime_dir = runtime_dir(settings)
         #: identifies this gateway process (core's worker socket names use it)
@@ -91,11 +97,22 @@ class Gateway:
         self.sessions = SessionManager(
             settings=settings, hooks=self.hooks, metrics=self.metrics, backends=self.backends,
             authorize=self.authorize, runtime_dir=self.runtime_dir, home=self.home)
+        self.metrics.on_scrape(self.sessions.scrape)
+        self.delivery_rate = RecentRate()
+        self.metrics.on_scrape(lambda scrape: scrape.set(
+            "events_delivered_per_second", self.delivery_rate.rate(
+                time.monotonic(), self.metrics.get("events_delivered"))))
         #: plugins' background tasks (GatewayAPI.spawn)
         self.tasks = OwnedTasks()
         self.bootstrap_key: str | None = None
         self._started = False
         self._lock_fd: int | None = None
+
+    @property
+    def started(self) -> bool:
+        """Started and not stopping: its state is loaded (keys, plugins' startup, adopted
+        sessions) and sessions are accepted."""
+        return self._started
 
     def lock_state_dir(self) -> None:
         """Create and lock ``state_dir`` (idempotent); held until :meth:`stop`.
@@ -141,7 +158,15 @@ class Gateway:
             self._unlock_state_dir()
             raise
         self.sessions.start()
+        # sg_key_revoked for keys revoked from now on (sessiongate keys revoke)
+        self.tasks.spawn(await watch_revocations(self.keys, self.hooks), "key-revocations")
+        self.tasks.spawn(self._sample_delivery_rate(), "delivery-rate")
         self._started = True
+
+    async def _sample_delivery_rate(self) -> None:
+        while True:
+            self.delivery_rate.sample(time.monotonic(), self.metrics.get("events_delivered"))
+            await asyncio.sleep(self.delivery_rate.every)
 
     async def _bootstrap_admin(self) -> None:
         key_id, key = await self.keys.create("bootstrap-admin", scopes=[ADMIN_SCOPE])
@@ -169,10 +194,21 @@ class Gateway:
     # -- identity ----------------------------------------------------------------------
 
     async def authenticate(self, metadata: Any) -> Identity:
-        credential = parse_bearer(metadata)
-        identity = await self.hooks.decide("sg_authenticate", credential=credential)
-        if identity is None:
-            identity = await self.keys.verify(credential)
+        """The caller's identity; ``Unauthenticated`` (counted by reason) if none."""
+        reason = "no_credential"
+        try:
+            credential = parse_bearer(metadata)
+            reason = "refused_by_plugin"
+            identity = await self.hooks.decide("sg_authenticate", credential=credential)
+            if identity is None:
+                reason = "unknown_key"
+                identity = await self.keys.verify(credential)
+        except Unauthenticated as exc:
+            # KeyStore.verify says "revoked" for a key that exists and was revoked
+            if reason == "unknown_key" and "revoked" in exc.message:
+                reason = "revoked_key"
+            self.metrics.inc("auth_failures", reason=reason)
+            raise
         return identity
 
     async def authorize(self, identity: Identity, action: str,

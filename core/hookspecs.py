@@ -26,7 +26,7 @@ hook argument it may be left out of an implementation's signature.
 
 Hooks are called through pluggy, so ``SESSIONGATE_TRACE_HOOKS=1`` traces every call.
 
-Sections: boot, sessions, identity, events, workers.
+Sections: boot, sessions, identity, events, workers, calls, webhooks.
 """
 
 from __future__ import annotations
@@ -37,21 +37,31 @@ from typing import TYPE_CHECKING, Any
 from sessiongate.core import hookspec
 
 if TYPE_CHECKING:
+    import aiohttp.web
+    import grpc
+
     from sessiongate.core.config.settings import Setting, Settings
     from sessiongate.core.identity import Identity, LoginGrant
+    from sessiongate.core.metrics import Metric
     from sessiongate.core.plugin_api import GatewayAPI
     from sessiongate.core.plugin_cli import PluginCommand
     from sessiongate.core.sessions.session import Session
     from sessiongate.core.streaming.events import Distributor, Subscription
 
 __all__ = [
+    "sg_activity",
     "sg_add_validators",
     "sg_authenticate",
     "sg_authorize",
     "sg_cli_commands",
+    "sg_grpc_interceptors",
+    "sg_grpc_services",
+    "sg_http_routes",
     "sg_internal_subscribers",
+    "sg_key_revoked",
     "sg_login",
     "sg_make_distributor",
+    "sg_metrics",
     "sg_replay_supported",
     "sg_secret_settings",
     "sg_session_adopted",
@@ -66,6 +76,7 @@ __all__ = [
     "sg_subscriber_attach",
     "sg_subscriber_attached",
     "sg_subscriber_detached",
+    "sg_webhook_failed",
     "sg_worker_backends",
     "sg_worker_endpoint",
     "sg_worker_exited",
@@ -128,6 +139,30 @@ def sg_worker_backends() -> Mapping[str, str]:
     :returns: ``{name: "module:Class"}``; the class subclasses
         :class:`sessiongate.core.sdk.worker.Backend` and is imported inside the worker
         process only. Later registrations of the same name win.
+
+    Kind: observer, sync.
+    """
+
+
+@hookspec
+def sg_metrics() -> Sequence[Metric]:
+    """Declare the plugin's own metrics, which it then counts through ``gateway.metrics``
+    (``inc``, ``set``, ``observe``).
+
+    Called once, when the gateway is created, for every plugin switched on. Build each
+    with ``counter``, ``gauge`` or ``histogram`` from :mod:`sessiongate.core`. Names
+    start with the plugin's name and ``_`` (``fanout_subscribers_replaced``) and are
+    exported with the ``sessiongate_`` prefix (a counter's with ``_total`` added).
+    Give each label its allowed values where they are few
+    (``{"outcome": ("ok", "refused")}``), else ``None`` and say in the help what
+    bounds it: never an id (a session, key or subscriber). Counting a metric that was
+    not declared, or with a label or value it did not declare, counts nothing and is a
+    ``MetricWarning`` (an error in the test suite). A declaration with a problem (a bad
+    name, a name declared already) is logged as an error and left out.
+    ``docs/metrics.md`` is generated from core's declarations and the built-in
+    plugins'.
+
+    :returns: :class:`~sessiongate.core.metrics.Metric` objects.
 
     Kind: observer, sync.
     """
@@ -291,6 +326,23 @@ def sg_login(gateway: GatewayAPI, username: str, password: str,
         per-client limits.
 
     Kind: decision, may be async.
+    """
+
+
+@hookspec
+def sg_key_revoked(gateway: GatewayAPI, key_id: str) -> None:
+    """An API key was revoked while the gateway ran (``sessiongate keys revoke``, in any
+    process sharing ``state_dir``).
+
+    Core looks for newly revoked keys about once a second
+    (:mod:`sessiongate.core.revocations`: a cheap check of the key store, a query only
+    when it changed) and calls this once per key, from that watcher's task. Keys revoked
+    before the gateway started are not announced. The key's own calls are refused from
+    the moment it is revoked, whatever this hook does.
+
+    :param key_id: the revoked key's public id (never its secret).
+
+    Kind: observer, may be async; awaited in order.
     """
 
 
@@ -462,4 +514,125 @@ def sg_worker_exited(gateway: GatewayAPI, session: Session, pid: int,
 
     No shipped implementation: core reaps and reports workers itself; this is
     for plugins that act on exit statuses; the hook contract test exercises it.
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Calls
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def sg_grpc_interceptors(gateway: GatewayAPI) -> Sequence[grpc.aio.ServerInterceptor]:
+    """Add ``grpc.aio.ServerInterceptor`` objects to the gateway's gRPC server.
+
+    Collected once, when the gRPC server is built (before it binds; the gateway may not
+    have started yet: an interceptor that needs running state gets it at
+    :func:`sg_startup`). Core's own interceptors come first (outermost), then the
+    plugins', in hook order (``tryfirst`` runs earlier, so wraps the later ones). An
+    interceptor sees every call, health checks and reflection included; it must never
+    change a call's outcome unless that is its documented purpose, and must not block.
+
+    :returns: interceptors, in the order they wrap the call (first = outermost).
+
+    Kind: observer, sync.
+    """
+
+
+@hookspec
+def sg_grpc_services(gateway: GatewayAPI, server: grpc.aio.Server) -> Sequence[str]:
+    """Serve a plugin's own gRPC services on the gateway's server (an admin API).
+
+    Called once, when the gRPC server is built, before it binds (the gateway may not
+    have started yet: a handler finds the plugin's running state at call time, in
+    ``gateway.stash``, and answers ``UNAVAILABLE`` without it). Register with
+    ``server.add_generic_rpc_handlers`` (or the generated ``add_*Servicer_to_server``).
+    Handlers authenticate the caller themselves with ``await
+    gateway.authenticate(context.invocation_metadata())`` and check its scopes (admin
+    calls: ``identity.is_admin``).
+
+    :returns: the full names of the services registered (``sessiongate.v1.Webhooks``):
+        server reflection lists them.
+
+    Kind: observer, sync.
+    """
+
+
+@hookspec
+def sg_http_routes(gateway: GatewayAPI) -> Sequence[aiohttp.web.AbstractRouteDef]:
+    """Serve the plugin's HTTP routes on the gateway's side port (``server.http_address``).
+
+    Called once, when the side port is set up, before it listens (the gateway may not
+    have started yet: a handler finds the plugin's running state at request time, in
+    ``gateway.stash``, and answers 503 without it). Return aiohttp route definitions
+    (``aiohttp.web.get("/status", handler)``, ``web.static(...)``, a
+    ``web.RouteTableDef``). They are mounted under ``/plugins/<plugin name>``:
+    ``/status`` is served at ``/plugins/<name>/status``. Only a built-in plugin named in
+    ``sessiongate.core.http.ROOT_PLUGINS`` (the dashboard) has its routes added as given,
+    at ``/``; core's ``/metrics``, ``/healthz`` and ``/readyz`` stay core's.
+
+    Handlers run on the gateway's event loop: they must not block. One that raises
+    (anything but an ``aiohttp.web.HTTPException``) answers 500 with a one-line body
+    naming the plugin, never a traceback; the error is logged with the plugin's name.
+    The side port has no authentication of its own: a handler that serves more than
+    public information checks the caller itself.
+
+    :returns: route definitions; routes that cannot be added (a path core serves, an
+        object that is not a route definition) are logged with the plugin's name and
+        left out, and the gateway starts without them.
+
+    Kind: observer, sync.
+
+    No shipped implementation: core serves ``/metrics``, ``/healthz`` and ``/readyz``
+    itself; this is for plugins' pages and APIs (the dashboard's); the hook contract
+    test exercises it.
+    """
+
+
+@hookspec
+def sg_activity(gateway: GatewayAPI, event: Mapping[str, Any]) -> None:
+    """A tracked call ended: one session-activity event for the sinks.
+
+    Called by the activity plugin (through ``GatewayAPI.publish_activity``), one event
+    at a time from its single publishing task, never from the call itself: a slow sink
+    delays only later events. Every implementation of one event together is bounded by
+    ``plugins.activity.sink_timeout_seconds`` (the rest is cancelled, counted and
+    logged); a sink that raises is logged each time, so a sink should catch and count
+    its own failures. Do blocking I/O in a thread. The activity plugin's own sink (the
+    log or a file) is not an implementation: it is written first, directly.
+
+    :param event: read-only; ``id``, ``time`` (RFC 3339, UTC), ``service``
+        (``"sessiongate"``), ``action`` (the ``x-session-operation`` label, or the
+        full method name), ``status`` (the gRPC code name, ``OK`` on success),
+        ``duration_ms``, ``session_id``, ``key_id`` (each ``None`` when the call names
+        none), ``peer`` (the client's address) and ``context`` (the caller's
+        ``x-session-context``, as given). Never a payload, key or token.
+
+    Kind: observer, may be async.
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Webhooks
+# -------------------------------------------------------------------------------------
+
+
+@hookspec
+def sg_webhook_failed(gateway: GatewayAPI, delivery: Mapping[str, Any]) -> None:
+    """A webhook delivery failed for good: its retry schedule is spent
+    (``plugins.webhooks.retry_schedule_seconds``), or its endpoint answered
+    ``410 Gone``.
+
+    Called by the webhooks plugin (through ``GatewayAPI.report_webhook_failure``) from its
+    delivery task, after the failure is recorded; the delivery can still be sent again
+    (``sessiongate webhooks redeliver``).
+
+    :param delivery: read-only; ``delivery_id`` (``dlv_…``), ``event_id`` (``evt_…``),
+        ``event_type``, ``endpoint_id``, ``url``, ``attempts``, ``last_status_code``
+        (0: no HTTP answer) and ``last_error``. Never a secret or the body.
+
+    Kind: observer, may be async.
+
+    No shipped implementation: for alerting and audit plugins; the webhooks plugin logs
+    and counts each failure itself.
     """

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from sessiongate.core import logfields
 from sessiongate.core.stash import Stash
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
     from sessiongate.core.config.settings import Settings
     from sessiongate.core.gateway import Gateway
+    from sessiongate.core.identity import Identity
     from sessiongate.core.metrics import Metrics
     from sessiongate.core.sessions.manager import AdoptionRecord
     from sessiongate.core.sessions.session import Session
@@ -64,7 +66,9 @@ class GatewayAPI:
 
     @property
     def metrics(self) -> Metrics:
-        """The gateway's counters: ``gateway.metrics.inc(name, **labels)``."""
+        """The gateway's metrics: ``gateway.metrics.inc(name, **labels)`` (``set`` a
+        gauge, ``observe`` a histogram, ``get`` a value back) for the metrics the plugin
+        declared with ``sg_metrics`` (exported on ``/metrics``, docs/metrics.md)."""
         return self._gateway.metrics
 
     # -- sessions ----------------------------------------------------------------------
@@ -99,6 +103,38 @@ class GatewayAPI:
     async def key_is_active(self, key_id: str) -> bool:
         """Is this API key known and not revoked (read from the shared key store)?"""
         return await self._gateway.keys.is_active(key_id)
+
+    async def authenticate(self, metadata: Any) -> Identity:
+        """Who makes a call, from its metadata (``context.invocation_metadata()``): the
+        bearer credential, as core's own handlers take it (a plugin's token at
+        ``sg_authenticate``, else an API key). For a plugin's own gRPC services
+        (``sg_grpc_services``); the caller checks the scopes it needs.
+
+        :raises Unauthenticated: no credential, or one that is unknown or revoked.
+        """
+        return await self._gateway.authenticate(metadata)
+
+    # -- calls -------------------------------------------------------------------------
+
+    def call_ids(self) -> Mapping[str, str]:
+        """The ids core's gRPC handler bound to the call running in this task once it had
+        authenticated the caller and checked the request (``key_id``, ``session_id``,
+        ``subscriber_id``: those known; empty outside a call). For an interceptor
+        (:func:`~sessiongate.core.hookspecs.sg_grpc_interceptors`), read after the
+        handler it wraps has returned: the handler runs in the interceptor's task."""
+        return logfields.current()
+
+    async def publish_activity(self, event: Mapping[str, Any]) -> None:
+        """Hand one session-activity event to every ``sg_activity`` implementation (other
+        plugins' sinks), awaited in order; one that raises is logged and skipped. Called
+        by the activity plugin's publishing task, which bounds how long it waits."""
+        await self._gateway.hooks.notify("sg_activity", event=event)
+
+    async def report_webhook_failure(self, delivery: Mapping[str, Any]) -> None:
+        """Hand a webhook delivery that failed for good to every ``sg_webhook_failed``
+        implementation, awaited in order; one that raises is logged and skipped. Called
+        by the webhooks plugin."""
+        await self._gateway.hooks.notify("sg_webhook_failed", delivery=delivery)
 
     # -- tasks -------------------------------------------------------------------------
 

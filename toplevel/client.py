@@ -21,7 +21,7 @@ import contextlib
 import json
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple
 
 import grpc
@@ -42,6 +42,8 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXH
 RESUME_REFUSED = frozenset({grpc.StatusCode.FAILED_PRECONDITION,
                             grpc.StatusCode.PERMISSION_DENIED})
 ENDED_STATES = (gateway_pb2.CLOSED, gateway_pb2.FAULTED)
+#: extra call metadata: ``(key, value)`` pairs, keys lower case
+Metadata = Sequence[tuple[str, str]]
 #: How a gateway that shuts down ends streams and refuses calls (UNAVAILABLE).
 SHUTDOWN_DETAILS = re.compile(re.escape(SHUTDOWN_MESSAGE))
 
@@ -132,15 +134,20 @@ class GatewayClient:
         return list(response.sessions)
 
     async def invoke(self, session_id: str, command: str, payload: bytes = b"", *,
-                     timeout_ms: int = 0) -> bytes:
+                     timeout_ms: int = 0, metadata: Metadata = ()) -> bytes:
+        """Run ``command`` in the session's worker. ``metadata``: extra call metadata
+        (``x-request-id``, ``x-session-*``: the gateway forwards those to the worker;
+        the activity plugin reads its ``x-session-track`` headers)."""
         response = await self.stub.Invoke(gateway_pb2.InvokeRequest(
             session_id=session_id, command=command, payload=payload, timeout_ms=timeout_ms),
-            metadata=self.metadata)
+            metadata=(*self.metadata, *metadata))
         return response.payload
 
-    async def invoke_json(self, session_id: str, command: str, payload: Any = None) -> Any:
+    async def invoke_json(self, session_id: str, command: str, payload: Any = None, *,
+                          metadata: Metadata = ()) -> Any:
         raw = await self.invoke(session_id, command,
-                                b"" if payload is None else json.dumps(payload).encode())
+                                b"" if payload is None else json.dumps(payload).encode(),
+                                metadata=metadata)
         return json.loads(raw) if raw else None
 
     async def login(self, username: str, password: str) -> Any:
@@ -148,13 +155,14 @@ class GatewayClient:
                                                               password=password))
 
     def stream(self, session_id: str, *, after_sequence: int | None = None,
-               subscriber_id: str = "", max_batch: int = 0, on_overflow: int = 0) -> Any:
+               subscriber_id: str = "", max_batch: int = 0, on_overflow: int = 0,
+               metadata: Metadata = ()) -> Any:
         request = gateway_pb2.StreamEventsRequest(
             session_id=session_id, subscriber_id=subscriber_id, max_batch=max_batch,
             on_overflow=on_overflow)
         if after_sequence is not None:
             request.after_sequence = after_sequence
-        return self.stub.StreamEvents(request, metadata=self.metadata)
+        return self.stub.StreamEvents(request, metadata=(*self.metadata, *metadata))
 
     async def _ended(self, session_id: str) -> bool:
         try:

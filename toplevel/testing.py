@@ -4,9 +4,10 @@
 third-party plugin authors can do the same.
 
 * ``make_gateway(**overrides)`` starts a real gateway (real worker processes, a real
-  grpc.aio server on 127.0.0.1, a real SQLite file) with settings overrides given as
-  dotted keys: ``await make_gateway(**{"sessions.max_sessions": 1})``. Plugin
-  switches come from the environment (the tox matrix) unless a test overrides them.
+  grpc.aio server and its HTTP side port on free ports of 127.0.0.1, a real SQLite
+  file) with settings overrides given as dotted keys:
+  ``await make_gateway(**{"sessions.max_sessions": 1})``. Plugin switches come from
+  the environment (the tox matrix) unless a test overrides them.
 * ``gateway_process(...)`` runs ``sessiongate serve`` as a real child process.
 * ``@pytest.mark.requires_plugin("fanout")`` skips a test unless the plugin is on in
   the effective settings; ``requires_no_plugin`` the opposite.
@@ -37,8 +38,8 @@ if TYPE_CHECKING:
     from sessiongate.core.streaming.events import Distributor, Subscription
 
 __all__ = ["DistributorHarness", "GatewayHandle", "GatewayProcess", "enabled_plugins",
-           "open_streaming", "rpc_error", "stream_end", "toml_key", "toml_value", "wait_for",
-           "write_config"]
+           "http_get", "open_streaming", "rpc_error", "stream_end", "toml_key", "toml_value",
+           "wait_for", "write_config"]
 
 PLUGINS = ("fanout", "reconnect", "acl", "reattach")
 
@@ -138,6 +139,11 @@ class GatewayHandle:
         return str(self.server.address)
 
     @property
+    def http_address(self) -> str:
+        """host:port of the HTTP side port ("" when ``server.http_address`` is off)."""
+        return str(self.server.http.address)
+
+    @property
     def settings(self) -> Any:
         return self.gateway.settings
 
@@ -179,6 +185,7 @@ async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Async
             "state_dir": str(tmp_path / "state"),
             "runtime_dir": str(short_tmp / f"r{counter}"),
             "server.grpc_address": "127.0.0.1:0",
+            "server.http_address": "127.0.0.1:0",
             "server.shutdown_grace_seconds": 2,
             "workers.heartbeat_interval_seconds": 1,
             "workers.stop_timeout_seconds": 3,
@@ -221,8 +228,14 @@ async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Async
         await terminate_leftovers(home_marker(tmp_path / "state"))
 
 
+#: the gateway's log lines that say where it listens: gRPC first, then the side port
+GRPC_LISTENING = re.compile(r"(?<!http )listening on (\S+)")
+HTTP_LISTENING = re.compile(r"http listening on (\S+)")
+
+
 class GatewayProcess:
-    """``sessiongate serve`` as a child process; ``address`` parsed from its log.
+    """``sessiongate serve`` as a child process; ``address`` (gRPC) and ``http_address``
+    (the side port, when ``http`` says it is on) parsed from its log.
 
     Output goes to files, not pipes: workers inherit the gateway's stderr, so a pipe
     would stay open after the gateway itself is killed.
@@ -231,13 +244,15 @@ class GatewayProcess:
     _count = 0
 
     def __init__(self, config: pathlib.Path, cwd: pathlib.Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, *, http: bool = True) -> None:
         GatewayProcess._count += 1
         self.config = config
         self.cwd = cwd
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
+        self.http = http
+        self.http_address = ""
         self.log_path = cwd / f"gateway-{GatewayProcess._count}.log"
         self.out_path = cwd / f"gateway-{GatewayProcess._count}.out"
 
@@ -251,9 +266,11 @@ class GatewayProcess:
                 stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = re.search(r"listening on (\S+)", self.log)
-            if match:
-                self.address = match.group(1)
+            log = self.log
+            grpc_line, http_line = GRPC_LISTENING.search(log), HTTP_LISTENING.search(log)
+            if grpc_line and (http_line or not self.http):
+                self.address = grpc_line.group(1)
+                self.http_address = http_line.group(1) if http_line else ""
                 return self
             if self.proc.poll() is not None:
                 break
@@ -293,11 +310,13 @@ def gateway_process(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Iterator
             "state_dir": str(tmp_path / "state"),
             "runtime_dir": str(short_tmp / "run"),
             "server.grpc_address": "127.0.0.1:0",
+            "server.http_address": "127.0.0.1:0",
             "workers.heartbeat_interval_seconds": 1,
         }
         values.update(overrides)
         config = write_config(tmp_path / f"proc-{len(procs)}.toml", values)
-        proc = GatewayProcess(config, tmp_path, env).start()
+        proc = GatewayProcess(config, tmp_path, env,
+                              http=values["server.http_address"] != "").start()
         procs.append(proc)
         return proc
 
@@ -345,6 +364,20 @@ async def open_streaming(client: GatewayClient, client_name: str = "test",
     return sid, call
 
 
+async def http_get(address: str, path: str, *, ssl: Any = None) -> tuple[int, str]:
+    """``GET http(s)://address/path`` on a gateway's side port: ``(status, body text)``.
+
+    :param ssl: an ``ssl.SSLContext`` for a side port that serves TLS (then https).
+    """
+    import aiohttp
+
+    scheme = "https" if ssl is not None else "http"
+    async with aiohttp.ClientSession() as client, \
+            client.get(f"{scheme}://{address}{path}", ssl=ssl if ssl is not None else False,
+                       allow_redirects=False) as response:
+        return response.status, await response.text()
+
+
 async def rpc_error(awaitable: Any) -> Any:
     """The ``grpc.aio.AioRpcError`` a call ends with; fails the test if it succeeds."""
     import grpc
@@ -384,6 +417,8 @@ class DistributorHarness:
         self.faults: list[str] = []
         self.released: list[tuple[Subscription, str]] = []
         self.overflows: list[str] = []
+        #: the policy applied to each overflow, in the same order
+        self.overflow_policies: list[str] = []
         self.grants: list[int | None] = []
         self.credits: list[int | None] = []
         self.published = 0
@@ -391,13 +426,17 @@ class DistributorHarness:
         self._changed = asyncio.Event()
         self.dist = make(session_id="s1", capacity=capacity, policy=policy,
                          fault_session=self._fault, on_release=self._release,
-                         count_overflow=self.overflows.append, grant=self._grant,
+                         count_overflow=self._overflow, grant=self._grant,
                          stall_timeout=stall_timeout, **options)
 
     def _grant(self, more: int | None) -> None:
         self.grants.append(more)
         self.credits.append(None if more is None else self.published + more)
         self._changed.set()
+
+    def _overflow(self, kind: str, policy: str) -> None:
+        self.overflows.append(kind)
+        self.overflow_policies.append(policy)
 
     def _fault(self, reason: str) -> None:
         self.faults.append(reason)

@@ -21,12 +21,12 @@ import os
 import pathlib
 import sys
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from sessiongate.core.config.settings import SettingsError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["add_client_options", "build_parser", "call_gateway", "main"]
 
 KEY_ENV = "SESSIONGATE_CLIENT_KEY"
 SERVER_ENV = "SESSIONGATE_CLIENT_SERVER"
@@ -79,6 +79,13 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 def _add_client(p: argparse.ArgumentParser) -> None:
     _add_config(p)
+    add_client_options(p)
+
+
+def add_client_options(p: argparse.ArgumentParser) -> None:
+    """The client commands' connection options (``--server``, ``--key``, ``--ca-file``,
+    ``--cert-file``, ``--key-file``), for a plugin's command that calls the gateway
+    (:func:`call_gateway`); core has given it ``--config`` already."""
     p.add_argument("--server", help=f"host:port (default: ${SERVER_ENV} or "
                    "server.grpc_address)")
     p.add_argument("--key", help=f"API key or token (default: ${KEY_ENV}, else the "
@@ -182,6 +189,20 @@ def _add_core_commands(sub: Any) -> None:
     _add_client(p)
     p.add_argument("session_id")
 
+    p = sub.add_parser(
+        "status", help="a short summary of a running gateway (from its HTTP side port)",
+        description="Sessions by state, subscribers, events per second over the last "
+        "minute, overflows and faults, read from the gateway's /metrics page.")
+    _add_config(p)
+    p.add_argument("--server", help="the gateway's HTTP side port, host:port (default: "
+                   "server.http_address)")
+    p.add_argument("--ca-file", metavar="PEM", help="the side port serves TLS "
+                   "(server.tls.*): trust the CA(s) in this file")
+    p.add_argument("--cert-file", metavar="PEM", help="this client's certificate (mutual "
+                   "TLS); needs --key-file")
+    p.add_argument("--key-file", metavar="PEM", help="the private key of --cert-file")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+
     p = sub.add_parser("get", help="print a session as JSON")
     _add_client(p)
     p.add_argument("session_id")
@@ -270,6 +291,8 @@ def _run(args: argparse.Namespace) -> int:
         return _plugins(args)
     if args.command == "keys":
         return asyncio.run(_keys(args))
+    if args.command == "status":
+        return asyncio.run(_status(args))
     return asyncio.run(_client(args))
 
 
@@ -416,6 +439,87 @@ async def _keys(args: argparse.Namespace) -> int:
             _err(exc.message)
             return 2 if exc.code == "INVALID_ARGUMENT" else 1
     return 0
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+async def _status(args: argparse.Namespace) -> int:
+    """``sessiongate status``: what /metrics says, summed up for a person."""
+    import ssl
+
+    import aiohttp
+
+    from sessiongate.core.config.settings import load_settings
+
+    settings = load_settings(args.config)
+    address = args.server or str(settings.server.http_address)
+    if not address:
+        _err("the gateway's HTTP side port is off (server.http_address is empty): switch it "
+             "on, or pass --server HOST:PORT")
+        return 2
+    context: ssl.SSLContext | None = None
+    if args.ca_file or str(settings.server.tls.cert_file):
+        context = ssl.create_default_context(cafile=args.ca_file or None)
+        if args.cert_file:
+            context.load_cert_chain(args.cert_file, args.key_file)
+    url = f"{'https' if context else 'http'}://{address}/metrics"
+    try:
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout, trust_env=False) as session, \
+                session.get(url, ssl=context if context else False,
+                            allow_redirects=False) as response:
+            text = await response.text()
+            if response.status != 200:
+                _err(f"{url} answered {response.status}: {text.strip()[:200]}")
+                return 1
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        _err(f"cannot read {url}: {exc or type(exc).__name__} (is the gateway running, "
+             "and is that its server.http_address?)")
+        return 1
+    summary = status_summary(text)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        print(status_text(summary))
+    return 0
+
+
+def status_summary(metrics_text: str) -> dict[str, Any]:
+    """The figures ``status`` shows, from a /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            values.setdefault(sample.name, []).append((sample.labels, sample.value))
+
+    def total(name: str) -> float:
+        return sum(value for _labels, value in values.get(name, ()))
+
+    states = {labels["state"]: int(value) for labels, value in
+              values.get("sessiongate_sessions", ()) if value}
+    return {
+        "sessions": states,
+        "subscribers": int(total("sessiongate_subscribers")),
+        "events_per_second": round(total("sessiongate_events_delivered_per_second"), 1),
+        "events_delivered": int(total("sessiongate_events_delivered_total")),
+        "overflows": int(total("sessiongate_queue_overflows_total")),
+        "faults": int(total("sessiongate_session_faults_total")),
+    }
+
+
+def status_text(summary: dict[str, Any]) -> str:
+    states = summary["sessions"]
+    shown = ", ".join(f"{count} {state.lower()}" for state, count in sorted(states.items()))
+    return "\n".join([
+        f"sessions:     {sum(states.values())}" + (f" ({shown})" if shown else ""),
+        f"subscribers:  {summary['subscribers']}",
+        f"events/s:     {summary['events_per_second']:g} (last minute; "
+        f"{summary['events_delivered']} delivered in all)",
+        f"overflows:    {summary['overflows']}",
+        f"faults:       {summary['faults']}",
+    ])
 
 
 # -- client commands -----------------------------------------------------------------------
@@ -585,17 +689,53 @@ async def _client(args: argparse.Namespace) -> int:
             elif args.command == "stream":
                 return await _stream(gw, args)
         except grpc.aio.AioRpcError as exc:
-            message = f"{exc.code().name}: {exc.details()}"
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED and args.command != "login":
-                # where the key came from, or where we looked for one, and how to pass one
-                message = (f"UNAUTHENTICATED: {refused}" if not key
-                           else f"{message} ({refused})")
-            elif exc.code() == grpc.StatusCode.UNAVAILABLE:
-                hint = _connection_hint(exc.details() or "", server, args)
-                message = f"{hint} ({message})" if hint else message
-            _err(message)
+            _err(_rpc_failure(exc, args, server, key, refused))
             return 1
     return 0
+
+
+def _rpc_failure(exc: Any, args: argparse.Namespace, server: str, key: str,
+                 refused: str) -> str:
+    """The line a client command prints for a failed call (its code and details, and what
+    to do about a refused key or a connection that failed at TLS)."""
+    import grpc
+
+    message = f"{exc.code().name}: {exc.details()}"
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED and args.command != "login":
+        # where the key came from, or where we looked for one, and how to pass one
+        return f"UNAUTHENTICATED: {refused}" if not key else f"{message} ({refused})"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        hint = _connection_hint(exc.details() or "", server, args)
+        return f"{hint} ({message})" if hint else message
+    return message
+
+
+async def call_gateway(args: argparse.Namespace,
+                       call: Callable[[Any, tuple[tuple[str, str], ...]], Awaitable[int]],
+                       ) -> int:
+    """For a plugin's command (with :func:`add_client_options`): connect to the gateway
+    as the client commands do (``--server``, ``--key`` and the TLS options, else their
+    environment variables, else the settings' address and the bootstrap admin key), and
+    return ``await call(channel, metadata)``: ``channel`` a ``grpc.aio.Channel`` for the
+    plugin's stubs, ``metadata`` the ``authorization`` pair to send with each call. A
+    call that fails (``grpc.aio.AioRpcError``) is reported on stderr as the client
+    commands report theirs, exit status 1; an unusable TLS file, exit status 2."""
+    import grpc
+
+    from sessiongate import client as api
+
+    server, key, refused = _client_target(args)
+    try:
+        credentials = _client_credentials(args)
+    except ValueError as exc:  # a TLS file missing, unreadable or not PEM
+        _err(str(exc))
+        return 2
+    async with api.connect(server, key, credentials=credentials) as gw:
+        try:
+            return int(await call(gw.channel, gw.metadata) or 0)
+        except grpc.aio.AioRpcError as exc:
+            _err(_rpc_failure(exc, args, server, key, refused))
+            return 1
 
 
 async def _stream(gw: Any, args: argparse.Namespace) -> int:

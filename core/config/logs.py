@@ -57,6 +57,8 @@ def configure(level: str = "INFO", fmt: str = "text",
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # warnings.warn() output goes through the handler too (a JSON line, not raw text)
+    logging.captureWarnings(True)
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)
     for name, threshold in (levels or {}).items():
         logging.getLogger(name).setLevel(threshold)

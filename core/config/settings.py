@@ -247,12 +247,20 @@ def _tls_rules(settings: Settings | None) -> list[Setting]:
                 lambda v: bool(cert_file) or insecure_ok or not _host_port(v)
                 or _is_loopback(v),
                 "(cross-check with server.tls.cert_file and server.allow_insecure)"),
-        boolean("server.allow_insecure", "Allows plaintext gRPC (no server.tls.cert_file) on "
-                "an address that is not loopback: API keys and tokens then cross the network "
-                "in clear. Only for a network you trust, or behind a TLS-terminating proxy."),
+        Setting("server.http_address", "empty or a loopback address (localhost, 127.0.0.0/8 "
+                "or [::1]) while server.tls.cert_file is empty: set server.tls.cert_file and "
+                "server.tls.key_file to serve TLS, or server.allow_insecure = true to serve "
+                "plaintext HTTP on it",
+                lambda v: bool(cert_file) or insecure_ok or not _host_port(v)
+                or _is_loopback(v),
+                "(cross-check with server.tls.cert_file and server.allow_insecure)"),
+        boolean("server.allow_insecure", "Allows plaintext gRPC and HTTP (no "
+                "server.tls.cert_file) on an address that is not loopback: API keys and "
+                "tokens then cross the network in clear. Only for a network you trust, or "
+                "behind a TLS-terminating proxy."),
         string("server.tls.cert_file", "PEM file with the gateway's certificate, followed by "
-               "any intermediate CA certificates; set: the gRPC API is served over TLS only. "
-               "Empty: plaintext gRPC."),
+               "any intermediate CA certificates; set: the gRPC API and the HTTP side port "
+               "are served over TLS only. Empty: plaintext."),
         string("server.tls.key_file", "PEM file with the certificate's private key "
                "(unencrypted; a warning is logged when group or others may read it)."),
         Setting("server.tls.key_file", "set when server.tls.cert_file is set (the two go "
@@ -292,6 +300,11 @@ def core_settings(settings: Settings | None = None) -> list[Setting]:
                "folder under the system temp dir."),
         Setting("server.grpc_address", "host:port (port 0 picks a free port and logs it)",
                 _host_port, "Where the gRPC API listens."),
+        Setting("server.http_address", 'host:port (port 0 picks a free port and logs it) or '
+                '"" (off)', lambda v: v == "" or _host_port(v),
+                "Where the HTTP side port listens: GET /metrics (Prometheus), /healthz, "
+                "/readyz, and plugins' routes under /plugins/<name>/; with the same TLS as "
+                "gRPC. Empty: no side port."),
         *_tls_rules(settings),
         non_negative_number("server.shutdown_grace_seconds",
                             "On SIGTERM, how long active calls get before they are cancelled.",
@@ -506,7 +519,38 @@ def _dynaconf(config_file: str | os.PathLike[str] | None) -> Dynaconf:
     problems = _unreadable(settings, data)
     if problems:
         raise SettingsError(problems)
+    for key, value in _given_lists(files[1:]).items():
+        parent, _, name = key.rpartition(".")
+        table = settings.get(parent) if parent else settings
+        table[name] = value  # set in place: dynaconf's set() would merge again
     return settings
+
+
+def _given_lists(user_files: Iterable[pathlib.Path]) -> dict[str, list[Any]]:
+    """Every list a deployer gave (user file, then ``SESSIONGATE_*`` variables).
+
+    ``merge_enabled`` lets a user's table add to the shipped one, which is right for
+    tables; but dynaconf also *appends* a user's list to the shipped list, so a list
+    given is set again, whole, to replace the shipped value as it says.
+    """
+    from dynaconf.utils.parse_conf import parse_conf_data
+
+    with open(defaults_path(), "rb") as fh:
+        lists = {k for k, v in flatten(tomllib.load(fh)).items() if isinstance(v, list)}
+    found: dict[str, list[Any]] = {}
+    for path in user_files:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        found.update({k: v for k, v in flatten(data).items()
+                      if k in lists and isinstance(v, list)})
+    for name, raw in os.environ.items():
+        key = ".".join(name[len(ENV_PREFIX) + 1:].lower().split("__"))
+        if not name.startswith(f"{ENV_PREFIX}_") or key not in lists:
+            continue
+        value = parse_conf_data(raw, tomlfy=True)
+        if isinstance(value, list):
+            found[key] = value
+    return found
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "",

@@ -37,7 +37,9 @@ from sessiongate.core.errors import (
     StartupError,
 )
 from sessiongate.core.gateway import Gateway
+from sessiongate.core.http import HttpServer
 from sessiongate.core.identity import Identity
+from sessiongate.core.rpc.metrics_interceptor import MetricsInterceptor
 from sessiongate.core.sessions.session import EndedSession, Session, SessionState
 from sessiongate.core.streaming.events import Subscription, encode_response
 from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
@@ -58,6 +60,22 @@ INVOKE_OVERHEAD = 64 << 10
 #: the most characters a request's text field (an id, a name, a command) may hold
 MAX_TEXT_FIELD = 256
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+#: Call metadata that Invoke forwards to the worker with the command (the backend reads
+#: it as ``Backend.metadata``): ``x-request-id`` and the application's ``x-session-*``
+#: headers, as the handler sees them (an interceptor that consumes a header strips it
+#: first: the activity plugin's ``x-session-track`` and ``x-session-operation``).
+#: Binary (``-bin``) values are not forwarded.
+FORWARDED_METADATA = frozenset({"x-request-id"})
+FORWARDED_METADATA_PREFIX = "x-session-"
+
+
+def forwarded_metadata(metadata: Any) -> dict[str, str]:
+    """What of a call's metadata travels to the worker (:data:`FORWARDED_METADATA`)."""
+    return {key: value for key, value in metadata or ()
+            if (key in FORWARDED_METADATA or key.startswith(FORWARDED_METADATA_PREFIX))
+            and isinstance(value, str)}
+
 
 def _status(code: str) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, code, grpc.StatusCode.INTERNAL)
@@ -191,7 +209,9 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
         assert isinstance(session, Session) and session.worker is not None
         session.touch()
         timeout = request.timeout_ms / 1000 if request.timeout_ms else None
-        payload = await session.worker.invoke(request.command, request.payload, timeout)
+        payload = await session.worker.invoke(
+            request.command, request.payload, timeout,
+            forwarded_metadata(context.invocation_metadata()))
         session.touch()
         return gateway_pb2.InvokeResponse(payload=payload)
 
@@ -372,7 +392,11 @@ class GrpcServer:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         max_frame = int(gateway.settings.workers.max_frame_bytes)
-        self.server = grpc.aio.server(options=[
+        # core's interceptors first (outermost), then the plugins', in hook order
+        interceptors = [MetricsInterceptor(gateway.metrics)] + [
+            interceptor for found in gateway.hooks.collect("sg_grpc_interceptors")
+            for interceptor in found]
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.keepalive_time_ms", 30_000),
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -384,14 +408,22 @@ class GrpcServer:
              max(GRPC_DEFAULT_MAX_RECEIVE, max_frame + INVOKE_OVERHEAD)),
         ])
         add_service(GatewayService(gateway), self.server)
+        # plugins' own services (an admin API), listed by reflection with core's
+        plugin_services = [name for names in gateway.hooks.collect(
+            "sg_grpc_services", server=self.server) for name in names]
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else \
             health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+            (SERVICE_NAME, *plugin_services, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server)
         self.port = 0
         self.address = ""
         self.tls_mode = ""  # "TLS" or "mTLS" once bound with server.tls.cert_file
+        #: the HTTP side port (server.http_address), started and stopped with this server
+        self.http = HttpServer(gateway, self.readiness)
+        self._serving = False
+        self._stopping = False
 
     def bind(self) -> None:
         """Take the configured address (idempotent); nothing is served until :meth:`start`.
@@ -439,24 +471,45 @@ class GrpcServer:
             [(tls.private_key, tls.certificate_chain)], root_certificates=tls.client_ca,
             require_client_auth=tls.client_ca is not None)
 
+    def readiness(self) -> str | None:
+        """None once the gateway's state is loaded and gRPC accepts calls, until shutdown
+        begins; else why not, one line (the side port's ``/readyz``)."""
+        if self._stopping:
+            return "stopping: the gateway is shutting down"
+        if not self.gateway.started:
+            return "starting: the gateway is loading its state"
+        if not self._serving:
+            return "starting: the gRPC server does not accept calls yet"
+        return None
+
     async def start(self) -> str:
+        """Serve gRPC (binding first) and the HTTP side port (if not serving already)."""
         self.bind()
+        await self.http.start()
         await self.server.start()
         await _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
-        # the address is the line's first word after "listening on" (tests parse it)
+        self._serving = True
+        # the address is the first line's first word after "listening on" (tests and
+        # scripts parse it): the side port's line comes after it
         log.info("listening on %s%s", self.address,
                  f" ({self.tls_mode})" if self.tls_mode else "")
+        self.http.announce()
         return self.address
 
     async def stop(self) -> None:
+        self._stopping = True
         await _set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
         grace = float(self.gateway.settings.server.shutdown_grace_seconds)
         # Stop accepting, end streams (UNAVAILABLE after their backlog), stop workers;
         # then give the handlers `grace` seconds to finish writing before cancelling them.
+        # The side port answers (/readyz: 503) until the end.
         self.gateway.sessions.accepting = False
-        stopping = asyncio.create_task(self.server.stop(grace))
-        await self.gateway.stop()
-        await stopping
+        try:
+            stopping = asyncio.create_task(self.server.stop(grace))
+            await self.gateway.stop()
+            await stopping
+        finally:
+            await self.http.stop()
 
 
 def _bind_problem(address: str) -> str | None:
@@ -507,10 +560,12 @@ async def serve(gateway: Gateway, *, ready: Callable[[str], None] | None = None)
     server = GrpcServer(gateway)
     try:
         server.bind()
+        await server.http.start()  # /readyz answers 503 while the gateway starts
         await gateway.start()
         address = await server.start()
     except BaseException:
         await server.server.stop(None)
+        await server.http.stop()
         await gateway.stop()
         raise
     if ready is not None:

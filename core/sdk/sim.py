@@ -49,6 +49,11 @@ class Sim(Backend):
         return payload
 
     @command()
+    def echo_metadata(self, payload: Any) -> dict[str, str]:
+        """The call metadata the gateway forwarded with this command."""
+        return dict(self.metadata)
+
+    @command()
     def write(self, payload: Any) -> dict[str, Any]:
         tag = _field(payload, "tag", str)
         value = payload.get("value")

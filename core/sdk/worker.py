@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import importlib
 import inspect
 import json
@@ -44,7 +45,8 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sessiongate.core import protocol
@@ -67,6 +69,10 @@ MAX_UNSENT_BYTES = 8 << 20
 #: (sequence, time, the overrun flag, field tags and lengths)
 EVENT_FRAME_OVERHEAD = 64
 MAX_FRAME_SETTING = "workers.max_frame_bytes"
+#: the call metadata forwarded with the command being handled (each command runs in its
+#: own task, so each sees its own; tasks a handler starts inherit it)
+_command_metadata: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "sessiongate_command_metadata", default=types.MappingProxyType({}))
 
 
 def _too_large(what: str, size: int, frame_size: int, max_frame: int) -> str:
@@ -132,6 +138,14 @@ class Backend:
     @property
     def session_id(self) -> str:
         return self._runtime.session_id
+
+    @property
+    def metadata(self) -> Mapping[str, str]:
+        """The call metadata the gateway forwarded with the command being handled
+        (read-only; empty outside a command): ``x-request-id`` and the ``x-session-*``
+        headers the client set, for a backend that passes context on. A handler's own
+        tasks see the metadata of the command that started them."""
+        return _command_metadata.get()
 
     async def start(self) -> None:
         """Called once before the worker reports Ready."""
@@ -573,6 +587,8 @@ class WorkerRuntime:
         reply.SetInParent()
         reply.request_id = cmd.request_id
         handler = self._handlers.get(cmd.command)
+        if cmd.metadata:  # this task's own context: other commands keep theirs
+            _command_metadata.set(types.MappingProxyType(dict(cmd.metadata)))
         try:
             if handler is None:
                 raise CommandError(f"unknown command {cmd.command!r}")

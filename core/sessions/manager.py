@@ -16,8 +16,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from sessiongate.core.config.settings import Settings
 from sessiongate.core.errors import (
+    OVERFLOW_MESSAGE,
     SHUTDOWN_MESSAGE,
     InvalidArgument,
     NotFound,
@@ -25,9 +28,10 @@ from sessiongate.core.errors import (
     Unavailable,
 )
 from sessiongate.core.identity import TAG_PATTERN, Identity
-from sessiongate.core.metrics import Metrics
+from sessiongate.core.metrics import Metrics, Scrape, status_code
 from sessiongate.core.sessions.session import (
     ENDED,
+    PROTOCOL_ERROR,
     EndedSession,
     Session,
     SessionState,
@@ -37,8 +41,8 @@ from sessiongate.core.sessions.spares import SparePool
 from sessiongate.core.streaming.events import Subscription
 from sessiongate.core.tasks import OwnedTasks
 from sessiongate.core.workers import terminator
-from sessiongate.core.workers.handle import WorkerConfig, WorkerHandle
-from sessiongate.v1 import worker_pb2
+from sessiongate.core.workers.handle import StartTimeout, WorkerConfig, WorkerHandle
+from sessiongate.v1 import gateway_pb2, worker_pb2
 
 if TYPE_CHECKING:
     from sessiongate.core.pluginhost.host import Hooks
@@ -74,6 +78,20 @@ class AdoptionRecord:
     nonce_digest: bytes
 
 
+def _fault_cause(session: Session, old: str, reason: str) -> str:
+    """Why a session faulted, as a few words for a metric label (the reason is text)."""
+    if old == SessionState.OPENING:
+        return "start_failed"  # its worker did not start, or was not adopted
+    worker = session.worker
+    if worker is not None and worker.lost_cause and worker.lost_reason == reason:
+        return worker.lost_cause
+    if reason.startswith(OVERFLOW_MESSAGE):
+        return "overflow"
+    if reason.startswith(PROTOCOL_ERROR):
+        return "protocol_error"
+    return "other"
+
+
 class SessionManager:
     """Live sessions (and a bounded memory of ended ones), their opening and teardown.
 
@@ -96,7 +114,8 @@ class SessionManager:
         self.ended: collections.OrderedDict[str, EndedSession] = collections.OrderedDict()
         #: workers left running for the next gateway (reattach), for whoever must reap them
         self.released: list[WorkerHandle] = []
-        self.worker_config = WorkerConfig(settings)
+        self.worker_config = WorkerConfig(settings, metrics)
+        self._count_delivered = metrics.child("events_delivered")
         self.tasks = OwnedTasks()
         self._sweeper: asyncio.Task[None] | None = None
         self.accepting = True
@@ -144,18 +163,18 @@ class SessionManager:
         why = f" ({reason})" if reason else ""
         level = logging.ERROR if new == SessionState.FAULTED else logging.INFO
         log.log(level, "session %s: %s -> %s%s", session.session_id, old, new, why)
-        self.metrics.inc("session_state", state=new)
+        self.metrics.inc("session_transitions", state=new)
         self.hooks.notify_sync("sg_session_state_changed", session=session, old=old, new=new,
                                reason=reason)
         if new == SessionState.FAULTED:
-            self.metrics.inc("faults", reason=reason.split(":")[0])
+            self.metrics.inc("session_faults", cause=_fault_cause(session, old, reason))
             self.spawn(self._finish(session, reason), "fault-teardown")
 
     def subscription_released(self, session: Session) -> Callable[[Subscription, str], None]:
         def released(sub: Subscription, reason: str) -> None:
             log.info("session %s: subscriber %s detached (%s)", session.session_id,
                      sub.subscriber_id or sub.kind, reason)
-            self.metrics.inc("stream_disconnects", reason=reason)
+            self.metrics.inc("subscriptions_ended", reason=reason)
             if sub.keeps_alive and not session.kept_alive():
                 session.touch()  # the lease restarts when the last keeps-alive stream leaves
             self.hooks.notify_sync("sg_subscriber_detached", session=session, subscription=sub,
@@ -179,12 +198,45 @@ class SessionManager:
             "fault_session": session.fault,
             "on_release": self.subscription_released(session),
             "count_overflow": self._count_overflow,
+            "count_delivered": self._count_delivered,
+            "count_gap": self._count_gap,
             "grant": session.grant,
             **extra,
         }
 
-    def _count_overflow(self, kind: str) -> None:
-        self.metrics.inc("queue_overflows", kind=kind)
+    def _count_overflow(self, kind: str, policy: str) -> None:
+        self.metrics.inc("queue_overflows", kind=kind, policy=policy)
+
+    def _count_gap(self, reason: int) -> None:
+        self.metrics.inc("gaps", reason=gateway_pb2.GapReason.Name(reason))
+
+    # -- metrics read when scraped ---------------------------------------------------------
+
+    def scrape(self, scrape: Scrape) -> None:
+        """Sessions by state, spares, subscribers by kind, the slowest subscriber of each
+        session, what the event logs retain: read now, at no cost to the hot path."""
+        now = time.monotonic()
+        states: collections.Counter[str] = collections.Counter()
+        kinds: collections.Counter[str] = collections.Counter()
+        retained, oldest = 0, 0.0
+        for session in list(self.live.values()):
+            states[session.state] += 1
+            dist = session.distributor
+            if dist is None:
+                continue
+            subs = dist.subscriptions
+            if subs:
+                kinds.update(sub.kind for sub in subs)
+                scrape.observe("subscriber_lag_events", max(sub.backlog for sub in subs))
+            retained += len(dist.log)
+            oldest = max(oldest, dist.log.oldest_age(now))
+        for state, count in states.items():
+            scrape.set("sessions", count, state=state)
+        for kind, count in kinds.items():
+            scrape.set("subscribers", count, kind=kind)
+        scrape.set("event_log_events", retained)
+        scrape.set("event_log_oldest_age_seconds", oldest)
+        scrape.set("spare_workers_ready", self.spares.ready_count)
 
     # -- open --------------------------------------------------------------------------
 
@@ -205,49 +257,59 @@ class SessionManager:
 
     async def open(self, identity: Identity, *, client_name: str, backend: str, tag: str,
                    lease_seconds: float) -> Session:
-        backend = backend or str(self.settings.workers.backend)
-        self._check_open(client_name, backend, tag, lease_seconds)
-        await self.authorize(identity, "open", None)
-        spare = self.spares.take(backend)
-        session = spare[0] if spare else self._new_session(backend)
-        session.owner_key_id, session.client_name, session.tag = identity.key_id, client_name, tag
-        session.lease_seconds = lease_seconds or float(
-            self.settings.sessions.default_lease_seconds)
-        session.opened_wall = time.time()
-        session.touch()
+        """Open a session: READY when it returns. Counted by outcome, timed."""
+        started = time.perf_counter()
         try:
-            await self.hooks.veto("sg_session_open", session=session, identity=identity)
-            limit = int(self.settings.sessions.max_sessions)
-            if not self.accepting:
-                raise Unavailable(f"{SHUTDOWN_MESSAGE}: no new sessions")
-            if len(self.live) >= limit:  # checked and claimed with no await in between
-                raise ResourceExhausted(f"{len(self.live)} sessions are open "
-                                        f"(sessions.max_sessions = {limit})")
-        except BaseException:
-            if spare:  # its id was shown to plugins: never reuse it
-                self.spares.discard(spare[1], "open refused")
-            raise
-        self.live[session.session_id] = session
-        try:
-            session.distributor = await self.hooks.decide("sg_make_distributor",
-                                                          session=session,
-                                                          settings=self.settings)
-            if spare:
-                session.worker = spare[1]
-                self._bind(session)
-            else:
-                await self._spawn_worker(session)
-            assert session.worker is not None
-            await session.worker.go()
+            backend = backend or str(self.settings.workers.backend)
+            self._check_open(client_name, backend, tag, lease_seconds)
+            await self.authorize(identity, "open", None)
+            spare = self.spares.take(backend)
+            session = spare[0] if spare else self._new_session(backend)
+            session.owner_key_id, session.client_name = identity.key_id, client_name
+            session.tag = tag
+            session.lease_seconds = lease_seconds or float(
+                self.settings.sessions.default_lease_seconds)
+            session.opened_wall = time.time()
+            session.touch()
+            try:
+                await self.hooks.veto("sg_session_open", session=session, identity=identity)
+                limit = int(self.settings.sessions.max_sessions)
+                if not self.accepting:
+                    raise Unavailable(f"{SHUTDOWN_MESSAGE}: no new sessions")
+                if len(self.live) >= limit:  # checked and claimed with no await in between
+                    raise ResourceExhausted(f"{len(self.live)} sessions are open "
+                                            f"(sessions.max_sessions = {limit})")
+            except BaseException:
+                if spare:  # its id was shown to plugins: never reuse it
+                    self.spares.discard(spare[1], "open refused")
+                raise
+            self.live[session.session_id] = session
+            try:
+                session.distributor = await self.hooks.decide("sg_make_distributor",
+                                                              session=session,
+                                                              settings=self.settings)
+                if spare:
+                    session.worker = spare[1]
+                    self._bind(session)
+                else:
+                    await self._spawn_worker(session)
+                assert session.worker is not None
+                await session.worker.go()
+            except BaseException as exc:
+                session.fault(getattr(exc, "message", None) or f"open failed: {exc!r}")
+                if session.worker is None or session.worker.process is None:
+                    await self._finish(session, session.reason)
+                await asyncio.shield(session.ended.wait())
+                raise
+            self._became_ready(session, "")
+            await self.hooks.notify("sg_session_opened", session=session)
+            self._start_internal_subscribers(session)
         except BaseException as exc:
-            session.fault(getattr(exc, "message", None) or f"open failed: {exc!r}")
-            if session.worker is None or session.worker.process is None:
-                await self._finish(session, session.reason)
-            await asyncio.shield(session.ended.wait())
+            self.metrics.inc("session_opens", code=status_code(exc))
             raise
-        self._became_ready(session, "", "sessions_opened")
-        await self.hooks.notify("sg_session_opened", session=session)
-        self._start_internal_subscribers(session)
+        self.metrics.inc("session_opens", code="OK")
+        self.metrics.observe("session_open_seconds", time.perf_counter() - started,
+                             worker="spare" if spare else "cold")
         return session
 
     # -- workers -----------------------------------------------------------------------
@@ -303,14 +365,16 @@ class SessionManager:
         """
         if record.session_id in self.live:
             log.warning("session %s is live already; not adopted again", record.session_id)
-            self.metrics.inc("adoptions", outcome="refused")
+            self.metrics.inc("session_adoptions", outcome="already_live")
             return None
         proc = terminator.our_worker(record.pid, record.create_time, record.session_id,
                                      self.home)
         if proc is None:
-            log.warning("session %s: its worker (pid %d) is gone; not adopted",
-                        record.session_id, record.pid)
-            self.metrics.inc("adoptions", outcome="gone")
+            outcome = "pid_mismatch" if psutil.pid_exists(record.pid) else "gone"
+            log.warning("session %s: its worker (pid %d) is %s; not adopted",
+                        record.session_id, record.pid,
+                        "another process now" if outcome == "pid_mismatch" else "gone")
+            self.metrics.inc("session_adoptions", outcome=outcome)
             return None
         session = Session(session_id=record.session_id, owner_key_id=record.owner_key_id,
                           client_name=record.client_name, backend=record.backend,
@@ -332,25 +396,28 @@ class SessionManager:
                                 on_exit=self.worker_exited(session),
                                 on_frame=lambda frame: on_frame(session, frame))
         except Exception as exc:
+            worker = session.worker
+            # its connection refused (why), or no valid one in time, or something else
+            outcome = (worker.refusal if worker is not None and worker.refusal
+                       else "expired" if isinstance(exc, StartTimeout) else "failed")
             session.fault(getattr(exc, "message", None) or f"adoption failed: {exc!r}")
             await asyncio.shield(session.ended.wait())
-            log.warning("session %s: worker pid %d did not phone home within %g s; stopped",
-                        record.session_id, record.pid, window)
-            self.metrics.inc("adoptions", outcome="refused")
+            log.warning("session %s: worker pid %d was not adopted within %g s (%s); "
+                        "stopped", record.session_id, record.pid, window, outcome)
+            self.metrics.inc("session_adoptions", outcome=outcome)
             await terminator.stop_foreign(proc, 0.0)
             return None
-        self.metrics.inc("adoptions", outcome="adopted")
-        self._became_ready(session, "worker re-adopted", "sessions_readopted")
+        self.metrics.inc("session_adoptions", outcome="adopted")
+        self._became_ready(session, "worker re-adopted")
         await self.hooks.notify("sg_session_adopted", session=session)
         self._start_internal_subscribers(session)
         return session
 
-    def _became_ready(self, session: Session, reason: str, metric: str) -> None:
-        """Its worker is Ready: READY and counted (the caller announces it)."""
+    def _became_ready(self, session: Session, reason: str) -> None:
+        """Its worker is Ready: READY (the caller counts and announces it)."""
         if not session.transition(SessionState.READY, reason):
             raise Unavailable(f"session {session.session_id} failed while opening: "
                               f"{session.reason}")
-        self.metrics.inc(metric)
 
     def _start_internal_subscribers(self, session: Session) -> None:
         for consumers in self.hooks.collect("sg_internal_subscribers", session=session):

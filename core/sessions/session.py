@@ -27,7 +27,8 @@ from sessiongate.v1 import gateway_pb2
 if TYPE_CHECKING:
     from sessiongate.core.workers.handle import WorkerHandle
 
-__all__ = ["ENDED", "LIVE", "EndedSession", "Session", "SessionState", "new_session_id"]
+__all__ = ["ENDED", "LIVE", "PROTOCOL_ERROR", "EndedSession", "Session", "SessionState",
+           "new_session_id"]
 
 log = logging.getLogger("sessiongate.sessions")
 
@@ -44,6 +45,8 @@ class SessionState:
 LIVE = frozenset({SessionState.OPENING, SessionState.READY, SessionState.DETACHED,
                   SessionState.CLOSING})
 ENDED = frozenset({SessionState.CLOSED, SessionState.FAULTED})
+#: how the fault reason of a worker breaking the event protocol starts
+PROTOCOL_ERROR = "protocol error"
 _ALLOWED = {
     SessionState.OPENING: {SessionState.READY, SessionState.CLOSING, SessionState.FAULTED},
     SessionState.READY: {SessionState.DETACHED, SessionState.CLOSING, SessionState.FAULTED},
@@ -168,7 +171,7 @@ class Session:
         runs: list[tuple[int, int]] = []  # (index where a run starts, its expected sequence)
         for i, seq in enumerate(sequences):
             if seq < expected:
-                self.fault(f"protocol error: event sequence {seq} after {expected - 1}")
+                self.fault(f"{PROTOCOL_ERROR}: event sequence {seq} after {expected - 1}")
                 return
             if seq > expected:
                 runs.append((i, expected))

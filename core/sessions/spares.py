@@ -49,6 +49,12 @@ class SparePool:
         """The waiting workers, oldest first (a copy)."""
         return list(self._ready)
 
+    @property
+    def ready_count(self) -> int:
+        """How many workers wait (some may have died unnoticed: they are dropped when
+        taken)."""
+        return len(self._ready)
+
     def take(self, backend: str) -> tuple[Session, WorkerHandle] | None:
         """A waiting worker for ``backend``, if any (then one more is started)."""
         found = None

@@ -161,6 +161,10 @@ _sequence_of = operator.attrgetter("sequence")
 _cursor_of = operator.attrgetter("cursor")
 
 
+def _uncounted(*values: Any) -> None:
+    """A distributor's counter that nobody reads (one built without them: unit tests)."""
+
+
 class EventLog:
     """A session's retained events, oldest first, addressed by a contiguous index.
 
@@ -190,6 +194,9 @@ class EventLog:
         self.holes: dict[int, Gap] = {}
         self._stamps: collections.deque[tuple[float, int]] = collections.deque()
         self._expired = 0  # events below this index are older than max_age
+        #: (clock() when appended, the log's end after it) of each retained batch: the
+        #: age of the oldest retained event (a metric), at one entry per batch
+        self._batches: collections.deque[tuple[float, int]] = collections.deque()
 
     def __len__(self) -> int:
         return len(self._items) - self._dead
@@ -205,8 +212,15 @@ class EventLog:
     def append(self, events: Sequence[Any]) -> None:
         self._items.extend(events)
         self.newest = max(self.newest, events[-1].sequence)
+        stamp = (self.clock(), self.end)
+        self._batches.append(stamp)
         if self.max_age:
-            self._stamps.append((self.clock(), self.end))
+            self._stamps.append(stamp)
+
+    def oldest_age(self, now: float) -> float:
+        """Seconds since the oldest retained event was appended (0.0 with none)."""
+        batches = self._batches
+        return max(0.0, now - batches[0][0]) if batches and len(self) else 0.0
 
     def add_hole(self, gap: Gap) -> None:
         """The worker's sequence jumps right before the next event appended."""
@@ -257,9 +271,9 @@ class EventLog:
         self._dead += count
         # one stamp per batch, kept no longer than its events: bounded by what the log
         # holds, not by the event rate over max_age
-        stamps = self._stamps
-        while stamps and stamps[0][1] <= self.start:
-            stamps.popleft()
+        for stamps in (self._batches, self._stamps):
+            while stamps and stamps[0][1] <= self.start:
+                stamps.popleft()
         if self._dead >= _COMPACT_AT and self._dead * 2 >= len(self._items):
             del self._items[:self._dead]
             self._dead = 0
@@ -405,9 +419,12 @@ class Subscription:
         gap, self.pending_gap = self.pending_gap, None
         if log_.holes and count > 0:
             gap, count = self._around_holes(log_, gap, cursor, count)
+        if gap is not None:
+            dist.count_gap(gap.reason)
         if count <= 0:
             return gap, []
         events = log_.read(cursor, count)
+        dist.count_delivered(count)
         self.cursor = cursor + count
         self.taken_upto = events[-1].sequence
         if self.paces:
@@ -436,6 +453,10 @@ class Distributor:
         (``events.queue_capacity``).
     :param fault_session: called with a reason to fault the session (``fail_fast``).
     :param on_release: called once per subscription when it leaves for any reason.
+    :param count_overflow: called with a laggard's kind and the policy applied to it
+        (``skip``, ``disconnect_subscriber`` or ``fail_fast``).
+    :param count_delivered: called with the number of events each take hands out.
+    :param count_gap: called with the reason of each gap a subscriber is told about.
     :param grant: called with how many more events the worker may send beyond those
         published so far, or ``None`` when it may run free; only when that changes.
     :param stall_timeout: seconds the fastest pacer may take nothing while the worker
@@ -449,7 +470,9 @@ class Distributor:
     def __init__(self, *, session_id: str, capacity: int, policy: str,
                  fault_session: Callable[[str], None],
                  on_release: Callable[[Subscription, str], None],
-                 count_overflow: Callable[[str], None] | None = None,
+                 count_overflow: Callable[[str, str], None] | None = None,
+                 count_delivered: Callable[[int], None] | None = None,
+                 count_gap: Callable[[int], None] | None = None,
                  grant: Callable[[int | None], None] | None = None,
                  stall_timeout: float = 30.0, log: EventLog | None = None) -> None:
         self.session_id = session_id
@@ -457,7 +480,9 @@ class Distributor:
         self.policy = policy
         self._fault_session = fault_session
         self._on_release = on_release
-        self._count_overflow = count_overflow or (lambda kind: None)
+        self._count_overflow = count_overflow or _uncounted
+        self.count_delivered = count_delivered or _uncounted
+        self.count_gap = count_gap or _uncounted
         self._grant = grant or (lambda through: None)
         self.stall_timeout = stall_timeout
         self.log = log if log is not None else EventLog()
@@ -701,7 +726,6 @@ class Distributor:
 
     def _overflow(self, sub: Subscription, head: int, *, stalled: bool = False) -> bool:
         """Apply ``sub``'s overflow policy. True: the session was faulted."""
-        self._count_overflow(sub.kind)
         who = sub.subscriber_id or sub.kind
         if stalled:
             detail = (f"the subscriber took no event for {self.stall_timeout:g} s while the "
@@ -710,14 +734,17 @@ class Distributor:
             detail = (f"the subscriber fell more than {self.capacity} events behind "
                       "(events.queue_capacity)")
         if sub.skip:
+            self._count_overflow(sub.kind, "skip")
             self._skip_ahead(sub, head)
             return False
         only_external = sub.external and self.external_count == 1
         if sub.external and (sub.policy or self.policy) == "fail_fast" and only_external:
+            self._count_overflow(sub.kind, "fail_fast")
             log.warning("session %s: subscriber %s overflowed (%d behind): %s; fail_fast "
                         "faults the session", self.session_id, who, sub.backlog, detail)
             self._fault_session(f"{OVERFLOW_MESSAGE}: {detail}")
             return True
+        self._count_overflow(sub.kind, "disconnect_subscriber")
         log.info("session %s: subscriber %s overflowed (%d behind): %s; disconnected",
                  self.session_id, who, sub.backlog, detail)
         sub.end(ResourceExhausted(f"{OVERFLOW_MESSAGE}: {detail}"), reason="overflow")

@@ -26,8 +26,9 @@ import signal
 import socket
 import struct
 import sys
-from collections.abc import Callable
-from typing import Any
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -40,11 +41,16 @@ from sessiongate.core.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from sessiongate.core.metrics import MAX_COMMAND_NAMES, OTHER, status_code
 from sessiongate.core.tasks import OwnedTasks
 from sessiongate.core.workers import terminator
 from sessiongate.v1 import worker_pb2
 
-__all__ = ["WORKER_MODULE", "WorkerConfig", "WorkerHandle", "nonce_digest"]
+if TYPE_CHECKING:
+    from sessiongate.core.metrics import Metrics
+
+__all__ = ["WORKER_MODULE", "CommandCounter", "StartTimeout", "WorkerConfig", "WorkerHandle",
+           "nonce_digest"]
 
 log = logging.getLogger("sessiongate.workers")
 
@@ -56,6 +62,13 @@ EVENTS_FIRST_BYTE = bytes([protocol.EVENTS_TAG])
 #: the pump's sink: (encoded events, frame size in bytes, events were dropped right before)
 EventSink = Callable[[list[bytes], int, bool], None]
 SUN_PATH_MAX = 107
+#: how the SDK's reply to a command its backend does not declare starts
+#: (core/sdk/worker.py, WorkerRuntime._run_command)
+UNKNOWN_COMMAND = "unknown command "
+
+
+class StartTimeout(Unavailable):
+    """The worker did not become ready in time (no valid connection came)."""
 
 
 def nonce_digest(nonce: bytes) -> bytes:
@@ -72,10 +85,43 @@ def _peer_pid(writer: asyncio.StreamWriter) -> int | None:
     return struct.unpack("3i", creds)[0]
 
 
-class WorkerConfig:
-    """The worker-related settings, read once."""
+class CommandCounter:
+    """Counts Invoke commands by name and status code, with their latency. A name is a
+    label value once some worker answered it as a command it knows (so one a backend
+    declares), for at most ``MAX_COMMAND_NAMES`` names; the rest count as "other" (a
+    client may send any name)."""
 
-    def __init__(self, settings: Any) -> None:
+    def __init__(self, metrics: Metrics | None) -> None:
+        self._metrics = metrics
+        self._known: set[str] = set()
+
+    def answered(self, command: str, reply: worker_pb2.Reply) -> None:
+        """A worker replied to ``command``: learn the name unless it did not know it."""
+        if command in self._known or len(self._known) >= MAX_COMMAND_NAMES:
+            return
+        if not (reply.status == worker_pb2.REPLY_INVALID_ARGUMENT
+                and reply.error.startswith(UNKNOWN_COMMAND)):
+            self._known.add(command)
+
+    def count(self, command: str, error: BaseException | None, seconds: float) -> None:
+        if self._metrics is None:
+            return
+        name = command if command in self._known else OTHER
+        self._metrics.inc("commands", command=name, code=status_code(error))
+        self._metrics.observe("command_seconds", seconds, command=name)
+
+
+def _exit_class(returncode: int | None) -> str:
+    if returncode is None:
+        return "unknown"  # not our child (re-adopted): its status cannot be read
+    return "clean" if returncode == 0 else "error" if returncode > 0 else "signal"
+
+
+class WorkerConfig:
+    """The worker-related settings, read once, and where workers are counted (a gateway's
+    metrics; None: not counted)."""
+
+    def __init__(self, settings: Any, metrics: Metrics | None = None) -> None:
         w = settings.workers
         self.python = w.python or sys.executable
         self.start_timeout = float(w.start_timeout_seconds)
@@ -85,6 +131,15 @@ class WorkerConfig:
         self.heartbeat_timeout = float(w.heartbeat_timeout_seconds)
         self.max_pending = int(settings.sessions.max_pending_commands)
         self.command_timeout = float(settings.sessions.command_timeout_seconds)
+        self.metrics = metrics
+        self.commands = CommandCounter(metrics)
+        #: events received from workers, counted once per frame
+        self.count_received: Callable[[float], None] = (
+            metrics.child("events_received") if metrics is not None else _uncounted)
+
+
+def _uncounted(amount: float = 1) -> None:
+    """A count nobody reads (a handle built without metrics: unit tests)."""
 
 
 class WorkerHandle:
@@ -126,6 +181,10 @@ class WorkerHandle:
         self._last_seen = 0.0
         self._stopping = False
         self.lost_reason = ""
+        #: why, for a metric label (session_faults' cause)
+        self.lost_cause = ""
+        #: why the last connection was refused (bad_nonce, pid_mismatch, failed), if one was
+        self.refusal = ""
         self._starting: asyncio.Future[asyncio.subprocess.Process] | None = None
         self._nonce = b""
         #: the event credit: events the worker may send on its connection in all
@@ -222,8 +281,8 @@ class WorkerHandle:
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), timeout)
         except TimeoutError:
-            raise Unavailable(f"worker of session {self.session_id} did not become ready "
-                              f"within {timeout:g} s") from None
+            raise StartTimeout(f"worker of session {self.session_id} did not become ready "
+                               f"within {timeout:g} s") from None
 
     async def _reap(self) -> None:
         assert self.process is not None
@@ -242,10 +301,13 @@ class WorkerHandle:
         level = logging.INFO if self._stopping else logging.WARNING
         log.log(level, "session %s: worker exited (pid %s, %s)", self.session_id, self.pid,
                 status)
+        if self.config.metrics is not None:
+            self.config.metrics.inc("worker_exits", code_class=_exit_class(self.returncode),
+                                    expected="true" if self._stopping else "false")
         if self._on_exit is not None and self.pid is not None:
             self._on_exit(self.pid, self.returncode)
         self._lost(f"worker exited with code {self.returncode}" if self.returncode is not None
-                   else "worker exited")
+                   else "worker exited", "worker_exited")
 
     # -- connection --------------------------------------------------------------------
 
@@ -273,15 +335,18 @@ class WorkerHandle:
         if hello is None:
             log.warning("session %s: worker connection refused: first frame was %s",
                         self.session_id, kind)
+            self.refusal = "failed"
             return False
         good_nonce = hmac.compare_digest(nonce_digest(hello.nonce), self.nonce_digest)
         if not good_nonce or hello.session_id != self.session_id:
             log.warning("session %s: worker connection refused: wrong nonce or session "
                         "(pid %s)", self.session_id, hello.pid)
+            self.refusal = "bad_nonce"
             return False
         if hello.protocol_version != protocol.PROTOCOL_VERSION:
             log.warning("session %s: worker connection refused: protocol %d, expected %d",
                         self.session_id, hello.protocol_version, protocol.PROTOCOL_VERSION)
+            self.refusal = "failed"
             return False
         if self._writer is not None:
             log.warning("session %s: second worker connection refused", self.session_id)
@@ -290,6 +355,7 @@ class WorkerHandle:
         if hello.pid != peer or (self.pid and peer != self.pid):
             log.warning("session %s: worker connection refused: it comes from pid %s, "
                         "not the session's worker (pid %s)", self.session_id, peer, self.pid)
+            self.refusal = "pid_mismatch"
             return False
         self._writer = writer
         self._last_seen = asyncio.get_running_loop().time()
@@ -312,6 +378,7 @@ class WorkerHandle:
         loop = asyncio.get_running_loop()
         max_frame = self.config.max_frame
         on_events = self._on_events
+        count_received = self.config.count_received
         try:
             while True:
                 data = await protocol.read_frame_bytes(reader, max_frame)
@@ -320,6 +387,7 @@ class WorkerHandle:
                     bodies, overrun = protocol.parse_raw_events(data)
                     if bodies:
                         self._received += len(bodies)
+                        count_received(len(bodies))
                         on_events(bodies, len(data), overrun)
                     continue
                 frame = protocol.parse_frame(data)
@@ -339,18 +407,20 @@ class WorkerHandle:
                     raise protocol.MalformedFrame(f"unexpected {kind} frame from the worker")
         except protocol.FrameError as exc:
             log.error("session %s: %s; the worker is stopped", self.session_id, exc)
-            self._lost(str(exc))
+            self._lost(str(exc), "protocol_error")
             self.kill()
         except (asyncio.IncompleteReadError, ConnectionError):
             if self.process is not None and self.returncode is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self.process.wait()), 1.0)
-            reason = (f"worker exited with code {self.returncode}"
-                      if self.returncode is not None else "worker connection closed")
-            self._lost(reason)
+            if self.returncode is not None:
+                self._lost(f"worker exited with code {self.returncode}", "worker_exited")
+            else:
+                self._lost("worker connection closed", "worker_disconnected")
         except Exception as exc:  # a bug in a sink must still fault only this session
             log.exception("session %s: event handling failed", self.session_id)
-            self._lost(f"internal error while reading the worker: {type(exc).__name__}")
+            self._lost(f"internal error while reading the worker: {type(exc).__name__}",
+                       "internal")
             self.kill()
 
     async def _heartbeats(self) -> None:
@@ -363,7 +433,10 @@ class WorkerHandle:
             if loop.time() - self._last_seen > self.config.heartbeat_timeout:
                 log.error("session %s: no frame from the worker for %.0f s", self.session_id,
                           loop.time() - self._last_seen)
-                self._lost(f"worker silent for more than {self.config.heartbeat_timeout:g} s")
+                if self.config.metrics is not None:
+                    self.config.metrics.inc("worker_heartbeat_timeouts")
+                self._lost(f"worker silent for more than {self.config.heartbeat_timeout:g} s",
+                           "heartbeat_timeout")
                 self.kill()
                 return
             self._write(beat)
@@ -374,11 +447,15 @@ class WorkerHandle:
             raise Unavailable(f"worker of session {self.session_id} is not connected")
         writer.write(data)
 
-    def _lost(self, reason: str) -> None:
-        """The worker is gone: fail waiters, fault the session (unless we are stopping)."""
+    def _lost(self, reason: str, cause: str = "other") -> None:
+        """The worker is gone: fail waiters, fault the session (unless we are stopping).
+
+        :param cause: a few words for the session_faults metric (worker_exited...).
+        """
         if self.lost_reason:
             return
         self.lost_reason = reason
+        self.lost_cause = cause
         self.abort_commands(Unavailable(f"session {self.session_id}: {reason}"))
         if self._writer is not None:
             self._writer.close()
@@ -414,7 +491,23 @@ class WorkerHandle:
 
     # -- commands ----------------------------------------------------------------------
 
-    async def invoke(self, command: str, payload: bytes, timeout: float | None) -> bytes:
+    async def invoke(self, command: str, payload: bytes, timeout: float | None,
+                     metadata: Mapping[str, str] | None = None) -> bytes:
+        """Run ``command`` in the worker; ``metadata`` travels with it (the call
+        metadata core forwards: the backend reads it as ``Backend.metadata``). Counted
+        by command and outcome, timed."""
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            return await self._invoke(command, payload, timeout, metadata)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.config.commands.count(command, error, time.perf_counter() - started)
+
+    async def _invoke(self, command: str, payload: bytes, timeout: float | None,
+                      metadata: Mapping[str, str] | None) -> bytes:
         if len(self._pending) >= self.config.max_pending:
             raise ResourceExhausted(
                 f"session {self.session_id} has {len(self._pending)} commands in flight "
@@ -424,7 +517,7 @@ class WorkerHandle:
         request_id = self._next_id
         data = protocol.encode(worker_pb2.WorkerFrame(command=worker_pb2.Command(
             request_id=request_id, command=command, payload=payload,
-            timeout_ms=int(timeout * 1000))))
+            timeout_ms=int(timeout * 1000), metadata=metadata)))
         size = len(data) - protocol.HEADER.size
         if size > self.config.max_frame:  # the worker would drop the connection
             raise ResourceExhausted(
@@ -442,6 +535,7 @@ class WorkerHandle:
                 from None
         finally:
             self._pending.pop(request_id, None)
+        self.config.commands.answered(command, reply)
         if reply.status == worker_pb2.REPLY_INVALID_ARGUMENT:
             raise InvalidArgument(reply.error)
         if reply.status == worker_pb2.REPLY_TOO_LARGE:  # its reply or an event it emitted

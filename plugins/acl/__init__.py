@@ -30,7 +30,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sessiongate.core import hookimpl
+from sessiongate.core import Metric, counter, histogram, hookimpl
 from sessiongate.core.errors import Unauthenticated
 
 from .cli import TOKENS_COMMAND
@@ -63,6 +63,26 @@ def runtime_of(gateway: GatewayAPI) -> AclRuntime | None:
 @hookimpl
 def sg_add_validators(settings: Settings) -> Sequence[Setting]:
     return rules(settings)
+
+
+@hookimpl
+def sg_metrics() -> Sequence[Metric]:
+    return [
+        counter("acl_tokens", "Sign-in tokens presented, by outcome.",
+                {"outcome": ("accepted", "refused")}),
+        counter("acl_decisions", "acl's authorization decisions, by action and outcome.",
+                {"action": None, "outcome": ("allow", "deny")}),
+        counter("acl_logins", "LDAP logins by outcome (throttled: by which limit).",
+                {"outcome": ("ok", "refused", "busy", "cancelled", "unavailable",
+                             "throttled"),
+                 "limit": ("username", "peer")}),
+        histogram("acl_login_seconds", "Time of an LDAP login's directory exchange "
+                  "(connect, searches, binds), whatever its outcome.",
+                  (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)),
+        counter("acl_streams_ended", "Live streams acl ended: their key or token was "
+                "revoked (revocations applied), or their token expired.",
+                {"reason": ("key revoked", "token expired", "token revoked")}),
+    ]
 
 
 @hookimpl

@@ -25,6 +25,10 @@ SECRET_KEYS = (f"{L}.bind_password",)
 URL_PATTERN = r"ldaps?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?/?"
 
 
+#: the longest refusal for failed logins, a week
+MAX_BACKOFF = 7 * 86400
+
+
 def _filter_with(*fields: str) -> Any:
     def check(value: Any) -> bool:
         return (isinstance(value, str) and value.startswith("(") and value.endswith(")")
@@ -156,10 +160,11 @@ def rules(settings: Settings) -> list[Setting]:
                         "The first refusal after too many failures; each further failure "
                         "doubles it.", maximum=86400),
         positive_number(f"{L}.backoff_max_seconds",
-                        "The longest refusal for failed logins.", maximum=7 * 86400),
+                        "The longest refusal for failed logins.", maximum=MAX_BACKOFF),
         Setting(f"{L}.backoff_max_seconds",
-                "at least plugins.acl.ldap.backoff_seconds",
-                lambda v: not _is_number(v) or not _is_number(backoff) or v >= backoff,
+                f"at least plugins.acl.ldap.backoff_seconds (and <= {MAX_BACKOFF})",
+                lambda v: _is_number(v) and 0 < v <= MAX_BACKOFF
+                and (not _is_number(backoff) or v >= backoff),
                 "(cross-check with plugins.acl.ldap.backoff_seconds)"),
         positive_int(f"{L}.failure_table_size",
                      "Usernames, and addresses, whose failed logins are remembered (each "

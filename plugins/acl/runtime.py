@@ -23,6 +23,7 @@ shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -168,6 +169,14 @@ class AclRuntime:
                      address or "?", self.threads.size)
             raise ResourceExhausted("too many logins in progress; try again shortly",
                                     retry_after=1)
+        started, loop = time.monotonic(), asyncio.get_running_loop()
+
+        def timed(_: object) -> None:  # in the login's thread: count on the loop
+            with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+                loop.call_soon_threadsafe(self.metrics.observe, "acl_login_seconds",
+                                          time.monotonic() - started)
+
+        future.add_done_callback(timed)
         try:
             result = await asyncio.wrap_future(future)
         except asyncio.CancelledError:

@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING
 
 from sessiongate.core import (
     EventLog,
+    Metric,
     Setting,
+    counter,
     hookimpl,
     non_negative_int,
     non_negative_number,
     positive_int,
 )
 
-from .distributor import FanoutDistributor
+from .distributor import REFUSED, REPLACED, FanoutDistributor
 
 if TYPE_CHECKING:
     from sessiongate.core import GatewayAPI, Session, Settings
@@ -47,10 +49,20 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
 
 
 @hookimpl
+def sg_metrics() -> Sequence[Metric]:
+    return [
+        counter(REPLACED, "Subscribers replaced by a new stream with the same "
+                "subscriber_id (the old one ends ABORTED)."),
+        counter(REFUSED, "Streams refused RESOURCE_EXHAUSTED: the session had "
+                "plugins.fanout.max_subscribers_per_session subscribers."),
+    ]
+
+
+@hookimpl
 def sg_make_distributor(gateway: GatewayAPI, session: Session) -> FanoutDistributor:
     fanout = gateway.settings.plugins.fanout
     ring = EventLog(int(fanout.replay_buffer_capacity), float(fanout.replay_retention_seconds))
     return FanoutDistributor(
-        max_external=int(fanout.max_subscribers_per_session),
+        max_external=int(fanout.max_subscribers_per_session), count=gateway.metrics.inc,
         **gateway.distributor_options(session, log=ring),
     )

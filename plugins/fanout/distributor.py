@@ -11,22 +11,34 @@ and a resumed subscriber reads them where they lie.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sessiongate.core import Distributor, Subscription
 from sessiongate.core.errors import Aborted, ResourceExhausted
 
-__all__ = ["FanoutDistributor"]
+__all__ = ["REFUSED", "REPLACED", "FanoutDistributor"]
 
 log = logging.getLogger("sessiongate.plugins.fanout")
+
+#: metric names (declared by the plugin's sg_metrics)
+REPLACED = "fanout_subscribers_replaced"
+REFUSED = "fanout_subscribers_refused"
+
+
+def _uncounted(name: str) -> None:
+    """Counting for a distributor built without a gateway (unit tests)."""
 
 
 class FanoutDistributor(Distributor):
     supports_replay = True
 
-    def __init__(self, *, max_external: int, **kwargs: Any) -> None:
+    def __init__(self, *, max_external: int, count: Callable[[str], None] = _uncounted,
+                 **kwargs: Any) -> None:
+        """:param count: counts one of the plugin's metrics by name (``metrics.inc``)."""
         super().__init__(**kwargs)
         self.max_external = max_external
+        self._count = count
 
     def _check_admission(self, sub: Subscription) -> None:
         if not sub.external:
@@ -39,8 +51,10 @@ class FanoutDistributor(Distributor):
                     old.end(Aborted(f"replaced: subscriber {sub.subscriber_id} attached "
                                     "again on another stream"), reason="replaced")
                     self.unsubscribe(old, "replaced")
+                    self._count(REPLACED)
                     break
         if self.external_count >= self.max_external:
+            self._count(REFUSED)
             raise ResourceExhausted(
                 f"session {self.session_id} has {self.external_count} subscribers "
                 f"(plugins.fanout.max_subscribers_per_session = {self.max_external})")

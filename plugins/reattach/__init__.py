@@ -32,8 +32,10 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sessiongate.core import (
+    Metric,
     Setting,
     StashKey,
+    counter,
     hookimpl,
     non_negative_int,
     positive_number,
@@ -56,6 +58,10 @@ MANIFEST: StashKey[Manifest] = StashKey("reattach.manifest")
 #: per adopted session: its adopt frame's counts; history chunks received so far
 ADOPTED: StashKey[dict[str, int]] = StashKey("reattach.adopted")
 HISTORY_CHUNKS: StashKey[int] = StashKey("reattach.history")
+#: metric names (declared by sg_metrics)
+RECOVERIES = "reattach_recoveries"
+DROPPED = "reattach_orphan_dropped_events"
+RESTORED = "reattach_history_events"
 
 
 @hookimpl
@@ -71,6 +77,19 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
                          "Newest events each worker keeps to hand to the gateway that adopts "
                          "it (the resumable history after a restart; 0: none).",
                          maximum=1_000_000),
+    ]
+
+
+@hookimpl
+def sg_metrics() -> Sequence[Metric]:
+    return [
+        counter(RECOVERIES, "Sessions of the adoption manifest at startup: adopted again, "
+                "or lost (core's session_adoptions_total says why).",
+                {"outcome": ("adopted", "lost")}),
+        counter(DROPPED, "Events adopted workers produced while no gateway was connected "
+                "and could not keep (subscribers see a WORKER_DISCONNECTED gap)."),
+        counter(RESTORED, "Events adopted workers handed back from their history (the "
+                "resumable events after a restart)."),
     ]
 
 
@@ -105,10 +124,15 @@ async def sg_startup(gateway: GatewayAPI) -> None:
 
 async def _adopt(gateway: GatewayAPI, manifest: Manifest, record: AdoptionRecord,
                  window: float) -> bool:
-    session = await gateway.adopt_session(record, window=window, on_frame=_on_frame)
+    def on_frame(session: Session, frame: worker_pb2.WorkerFrame) -> None:
+        _on_frame(gateway, session, frame)
+
+    session = await gateway.adopt_session(record, window=window, on_frame=on_frame)
     if session is None:  # core said why, and stopped the worker if it was ours
+        gateway.metrics.inc(RECOVERIES, outcome="lost")
         await manifest.remove(record.session_id)
         return False
+    gateway.metrics.inc(RECOVERIES, outcome="adopted")
     adopted = session.stash.get(ADOPTED, {})
     log.info("session %s: re-adopted worker pid %d at sequence %d (%d events dropped while "
              "orphaned)", session.session_id, record.pid, session.last_sequence,
@@ -116,13 +140,14 @@ async def _adopt(gateway: GatewayAPI, manifest: Manifest, record: AdoptionRecord
     return True
 
 
-def _on_frame(session: Session, frame: worker_pb2.WorkerFrame) -> None:
+def _on_frame(gateway: GatewayAPI, session: Session, frame: worker_pb2.WorkerFrame) -> None:
     """An adopted worker's account: its position first, then what it still holds."""
     kind = frame.WhichOneof("body")
     if kind == "adopt":
         adopt = frame.adopt
         session.stash[ADOPTED] = {"last_sequence": adopt.last_sequence,
                                   "dropped_events": adopt.dropped_events}
+        gateway.metrics.inc(DROPPED, adopt.dropped_events)
         reason = (gateway_pb2.WORKER_DISCONNECTED if adopt.dropped_events
                   else gateway_pb2.GATEWAY_RESTARTED)
         session.restore_events([], floor=adopt.last_sequence, reason=reason)
@@ -131,6 +156,7 @@ def _on_frame(session: Session, frame: worker_pb2.WorkerFrame) -> None:
         events = list(history.events)
         chunks = session.stash.get(HISTORY_CHUNKS, 0)
         session.stash[HISTORY_CHUNKS] = chunks + 1
+        gateway.metrics.inc(RESTORED, len(events))
         floor = events[0].sequence - 1
         reason = (gateway_pb2.WORKER_DISCONNECTED
                   if history.first_unsent and history.first_unsent <= floor

@@ -22,7 +22,15 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sessiongate.core import SessionState, Setting, StashKey, hookimpl, positive_number
+from sessiongate.core import (
+    Metric,
+    SessionState,
+    Setting,
+    StashKey,
+    counter,
+    hookimpl,
+    positive_number,
+)
 
 if TYPE_CHECKING:
     from sessiongate.core import GatewayAPI, Session, Settings, Subscription
@@ -33,6 +41,10 @@ log = logging.getLogger("sessiongate.plugins.reconnect")
 GRACE_TASK: StashKey[asyncio.Task[None]] = StashKey("reconnect.grace")
 #: detach reasons that do not mean "the subscriber went away"
 NOT_A_DROP = frozenset({"session ended", "replaced"})
+#: metric names (declared by sg_metrics)
+DETACHES = "reconnect_detaches"
+RESUMES = "reconnect_resumes"
+GRACE_EXPIRED = "reconnect_grace_expired"
 
 
 @hookimpl
@@ -49,18 +61,31 @@ def sg_add_validators(settings: Settings) -> Sequence[Setting]:
 
 
 @hookimpl
+def sg_metrics() -> Sequence[Metric]:
+    return [
+        counter(DETACHES, "Sessions that went DETACHED: their last subscriber that keeps "
+                "them alive dropped."),
+        counter(RESUMES, "DETACHED sessions back to READY: a subscriber resumed in time."),
+        counter(GRACE_EXPIRED, "DETACHED sessions closed: nobody resumed within "
+                "plugins.reconnect.detach_grace_seconds."),
+    ]
+
+
+@hookimpl
 def sg_replay_supported(session: Session) -> bool | None:
     dist = session.distributor
     return True if dist is not None and dist.supports_replay else None
 
 
 @hookimpl
-def sg_subscriber_attached(session: Session, subscription: Subscription) -> None:
+def sg_subscriber_attached(gateway: GatewayAPI, session: Session,
+                           subscription: Subscription) -> None:
     if subscription.keeps_alive and session.state == SessionState.DETACHED:
         task = session.stash.pop(GRACE_TASK, None)
         if task is not None:
             task.cancel()
-        session.transition(SessionState.READY, "subscriber resumed")
+        if session.transition(SessionState.READY, "subscriber resumed"):
+            gateway.metrics.inc(RESUMES)
 
 
 @hookimpl
@@ -72,6 +97,7 @@ def sg_subscriber_detached(gateway: GatewayAPI, session: Session, subscription: 
     grace = float(gateway.settings.plugins.reconnect.detach_grace_seconds)
     session.transition(SessionState.DETACHED, f"last subscriber gone ({reason}); "
                        f"waiting {grace:g} s for a resume")
+    gateway.metrics.inc(DETACHES)
     session.stash[GRACE_TASK] = session.spawn(_grace(gateway, session, grace), "detach-grace")
 
 
@@ -79,4 +105,5 @@ async def _grace(gateway: GatewayAPI, session: Session, grace: float) -> None:
     await asyncio.sleep(grace)
     if session.state == SessionState.DETACHED:
         session.stash.pop(GRACE_TASK, None)
+        gateway.metrics.inc(GRACE_EXPIRED)
         await gateway.close_session(session, "detach grace expired")

@@ -418,7 +418,8 @@ def test_readme_step_1_shows_what_a_terminal_shows(tmp_path):
     sample_lines = [_normalised(line) for line in sample.group(1).splitlines()
                     if line.strip() and not line.startswith("$ ")]
     # the shipped defaults, apart from the address; nothing from our environment
-    config = write_config(tmp_path / "c.toml", {"server.grpc_address": "127.0.0.1:0"})
+    config = write_config(tmp_path / "c.toml", {"server.grpc_address": "127.0.0.1:0",
+                                                "server.http_address": "127.0.0.1:0"})
     env = {k: v for k, v in CLEAN_ENV.items() if not k.startswith("SESSIONGATE_")}
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "sessiongate", "serve", "--config",
@@ -441,9 +442,11 @@ def test_readme_step_1_shows_what_a_terminal_shows(tmp_path):
     lines = [_normalised(line) for line in seen.decode().splitlines() if line.strip()]
     # the spare worker starts beside the server: its line may come a little earlier
     assert sorted(sample_lines) == sorted(lines[:len(sample_lines)]), (sample_lines, lines)
-    listening = next(i for i, line in enumerate(lines) if "listening on" in line)
+    # the secret comes once both ports listen, right after the side port's line
+    listening = next(i for i, line in enumerate(lines) if "http listening on" in line)
     assert lines[listening + 1] == "SECRET"
-    sample_listening = next(i for i, line in enumerate(sample_lines) if "listening on" in line)
+    sample_listening = next(i for i, line in enumerate(sample_lines)
+                            if "http listening on" in line)
     assert sample_lines[sample_listening + 1] == "SECRET"
 
 

@@ -43,7 +43,8 @@ def _serve(config: pathlib.Path, cwd: pathlib.Path, log_path: pathlib.Path) -> t
 async def test_json_lines_carry_stable_keys_and_the_ids_they_concern(tmp_path, short_tmp):
     config = write_config(tmp_path / "s.toml", {
         "state_dir": str(tmp_path / "state"), "runtime_dir": str(short_tmp / "run"),
-        "server.grpc_address": "127.0.0.1:0", "log.format": "json",
+        "server.grpc_address": "127.0.0.1:0", "server.http_address": "127.0.0.1:0",
+        "log.format": "json",
         # the server's lines down to DEBUG; everyone else's from WARNING only
         "log.level": "WARNING", "log.levels": {"sessiongate.server": "DEBUG"}})
     log_path = tmp_path / "json.log"

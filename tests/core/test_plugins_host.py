@@ -60,12 +60,16 @@ OFF = {
     "reconnect": {"reconnect": False},
     "acl": {"acl": False},
     "reattach": {"reattach": False},
+    "activity": {"activity": False},
+    "webhooks": {"webhooks": False},
 }
 ON = {
     "fanout": {"fanout": True},
     "reconnect": {"fanout": True, "reconnect": True},
     "acl": {"acl": True},
     "reattach": {"reattach": True},
+    "activity": {"activity": True},
+    "webhooks": {"webhooks": True},
 }
 
 

@@ -29,7 +29,7 @@ from sessiongate.client import TlsFileError, connect, tls_credentials
 from sessiongate.core.config.settings import SettingsError, load_settings
 from sessiongate.core.config.tls import client_tls, server_tls
 from sessiongate.core.errors import StartupError
-from sessiongate.testing import open_streaming, rpc_error, write_config
+from sessiongate.testing import GRPC_LISTENING, open_streaming, rpc_error, write_config
 from sessiongate.v1 import gateway_pb2
 
 pytestmark = pytest.mark.once  # core: the plugin set changes nothing here
@@ -440,7 +440,7 @@ def test_cli_against_mutual_tls_and_a_plaintext_gateway(gateway_process, tmp_pat
 
     plain = gateway_process(**{"state_dir": str(tmp_path / "plain-state"),
                                "runtime_dir": str(short_tmp / "plain-run")})
-    assert plain.log.count("listening on") == 1 and "(TLS)" not in plain.log
+    assert len(GRPC_LISTENING.findall(plain.log)) == 1 and "(TLS)" not in plain.log
     result = _cli("open", "--config", str(plain.config), "--server", plain.address,
                   "--ca-file", str(pki.ca), cwd=tmp_path)
     assert result.returncode == 1

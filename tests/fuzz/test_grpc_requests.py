@@ -128,7 +128,8 @@ def _gateway(folder: pathlib.Path, **overrides: Any) -> Iterator[Target]:
     runtime = pathlib.Path(tempfile.mkdtemp(prefix="sg-"))  # short: socket paths
     config = write_config(folder / "settings.toml", {
         "state_dir": str(folder / "state"), "runtime_dir": str(runtime),
-        "server.grpc_address": "127.0.0.1:0", "log.level": "DEBUG",
+        "server.grpc_address": "127.0.0.1:0", "server.http_address": "127.0.0.1:0",
+        "log.level": "DEBUG",
         "workers.max_frame_bytes": MAX_FRAME, **overrides})
     proc = GatewayProcess(config, folder).start()
     try:

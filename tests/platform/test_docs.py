@@ -37,6 +37,21 @@ def test_hooks_reference_is_current(generate):
         STALE.format(name="docs/hooks.md")
 
 
+def test_metrics_reference_is_current(generate):
+    assert (DOCS / "metrics.md").read_text() == generate.metrics_md(), \
+        STALE.format(name="docs/metrics.md")
+
+
+def test_every_metric_is_in_the_metrics_reference(generate):
+    """Core's and every built-in plugin's declarations, each with its exported name."""
+    text = (DOCS / "metrics.md").read_text()
+    owners = generate.all_metrics()
+    assert owners[0][0] == "core" and owners[0][1]
+    missing = [m.exported for _owner, metrics in owners for m in metrics
+               if f"| `{m.exported}` |" not in text]
+    assert not missing
+
+
 def test_every_hookspec_has_a_complete_docstring(generate):
     specs = generate.hookspecs()
     assert specs, "no hookspecs found"

@@ -27,8 +27,9 @@ from typing import Any
 import grpc
 import psutil
 import pytest
+from aiohttp import web
 
-from sessiongate.core import hookimpl, hookspecs, protocol
+from sessiongate.core import counter, hookimpl, hookspecs, protocol
 from sessiongate.core.config.settings import Setting, SettingsError
 from sessiongate.core.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from sessiongate.core.gateway import BOOTSTRAP_KEY_FILE
@@ -37,7 +38,7 @@ from sessiongate.core.plugin_api import GatewayAPI
 from sessiongate.core.pluginhost import host as plugin_host
 from sessiongate.core.sessions.session import SessionState
 from sessiongate.core.streaming.events import Distributor, Subscription
-from sessiongate.testing import rpc_error, wait_for, write_config
+from sessiongate.testing import http_get, rpc_error, wait_for, write_config
 from sessiongate.v1 import gateway_pb2
 
 first = hookimpl(tryfirst=True)
@@ -174,6 +175,41 @@ async def test_hook_sg_worker_backends(make_gateway):
     error = await rpc_error(client.open(backend="nope"))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "contract-sim" in error.details()
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_metrics(make_gateway, caplog):
+    """Collected once, when the gateway is built (before ``sg_startup``); what it declares
+    is counted through ``gateway.metrics`` and shown on ``/metrics``; a declaration with a
+    problem is logged, naming it, and left out."""
+    calls: list[str] = []
+
+    @first
+    def sg_metrics():
+        calls.append("declared")
+        return [counter("contract_opened", "Sessions opened (contract).",
+                        {"worker": ("spare", "cold")}),
+                counter("opened_elsewhere", "Not under the plugin's name.")]
+
+    @first
+    def sg_startup(gateway):
+        calls.append("startup")
+
+    @first
+    async def sg_session_opened(gateway, session):
+        gateway.metrics.inc("contract_opened", worker="cold")
+
+    assert impl_args(sg_metrics) == spec_args("sg_metrics")
+    gw = await make_gateway(extra_plugins=(plugin(sg_metrics, sg_startup, sg_session_opened),))
+    assert calls == ["declared", "startup"]
+    assert "contract: metric 'opened_elsewhere': a plugin's metric names start with its " \
+        "name (contract_); left out" in caplog.messages
+    await gw.client().open()
+    assert gw.gateway.metrics.get("contract_opened", worker="cold") == 1
+    status, text = await http_get(gw.http_address, "/metrics")
+    assert status == 200
+    assert 'sessiongate_contract_opened_total{worker="cold"} 1.0' in text.splitlines()
+    assert "opened_elsewhere" not in text
 
 
 @pytest.mark.asyncio
@@ -1024,6 +1060,214 @@ async def test_hook_sg_worker_exited_for_a_readopted_worker(make_gateway, monkey
         await wait_for(lambda: session.state == SessionState.FAULTED, TIMEOUT)
     finally:
         await reap(worker.process)
+
+
+# -- calls ----------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_grpc_interceptors(make_gateway):
+    """Collected once, when the gRPC server is built, with the GatewayAPI; the
+    interceptors see every call, a ``tryfirst`` plugin's wrapping a later one's."""
+    collected: list[Any] = []
+    seen: list[tuple[str, str]] = []
+
+    def interceptor_plugin(name: str, marker: Any) -> Any:
+        class Recording(grpc.aio.ServerInterceptor):
+            async def intercept_service(self, continuation, handler_call_details):
+                seen.append((name, handler_call_details.method))
+                return await continuation(handler_call_details)
+
+        @marker
+        def sg_grpc_interceptors(gateway):
+            collected.append(gateway)
+            return [Recording()]
+
+        assert impl_args(sg_grpc_interceptors) == spec_args("sg_grpc_interceptors")
+        return plugin(sg_grpc_interceptors, name=f"contract-{name}")
+
+    gw = await make_gateway(extra_plugins=(interceptor_plugin("outer", first),
+                                           interceptor_plugin("inner", hookimpl)))
+    assert collected == [gw.gateway.api, gw.gateway.api]  # once per plugin
+    await gw.client().list()
+    method = "/sessiongate.v1.Gateway/ListSessions"
+    assert seen[-2:] == [("outer", method), ("inner", method)]
+    assert len(collected) == 2
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_activity(make_gateway):
+    """With the activity plugin on, awaited once per tracked call, after it ended, from
+    the plugin's publishing task (``GatewayAPI.publish_activity``), with a read-only
+    event of the documented fields."""
+    seen: list[tuple[Any, Any, str]] = []
+    got = asyncio.Event()
+
+    @first
+    async def sg_activity(gateway, event):
+        seen.append((gateway, event, asyncio.current_task().get_name()))
+        got.set()
+
+    assert impl_args(sg_activity) == spec_args("sg_activity")
+    gw = await make_gateway(extra_plugins=(plugin(sg_activity),),
+                            **{"plugins.activity.enabled": True})
+    client = gw.client()
+    await client.list()  # untracked
+    await client.stub.ListSessions(gateway_pb2.ListSessionsRequest(), metadata=(
+        *client.metadata, ("x-session-track", "true"), ("x-session-context", "c"),
+        ("x-session-operation", "contract")))
+    await wait(got)
+    [(gateway, event, task)] = seen
+    assert gateway is gw.gateway.api
+    assert task.startswith("activity-publisher")
+    assert list(event) == ["id", "time", "service", "action", "status", "duration_ms",
+                           "session_id", "key_id", "peer", "context"]
+    assert (event["action"], event["status"], event["context"], event["session_id"]) == \
+        ("contract", "OK", "c", None)
+    with pytest.raises(TypeError):
+        event["status"] = "changed"  # type: ignore[index]
+
+
+# -- HTTP --------------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_http_routes(make_gateway):
+    """Collected once, when the HTTP side port is set up, with the GatewayAPI; the routes
+    are served under ``/plugins/<plugin name>``, their handlers on the gateway's loop."""
+    collected: list[Any] = []
+
+    async def sessions(request: web.Request) -> web.Response:
+        return web.json_response(len(collected[0].sessions()))
+
+    @first
+    def sg_http_routes(gateway):
+        collected.append(gateway)
+        return [web.get("/sessions", sessions)]
+
+    assert impl_args(sg_http_routes) == spec_args("sg_http_routes")
+    gw = await make_gateway(extra_plugins=(plugin(sg_http_routes),))
+    assert collected == [gw.gateway.api]
+    await gw.client().open()
+    assert await http_get(gw.http_address, "/plugins/contract/sessions") == (200, "1")
+    assert (await http_get(gw.http_address, "/sessions"))[0] == 404
+    assert collected == [gw.gateway.api]
+
+
+# -- plugins' services, revoked keys, webhooks ---------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_grpc_services(make_gateway):
+    """Called once, when the gRPC server is built, with the GatewayAPI and the server: the
+    services registered there are served beside core's; a handler authenticates with
+    ``gateway.authenticate``."""
+    collected: list[Any] = []
+
+    async def whoami(request: bytes, context: Any) -> bytes:
+        try:
+            identity = await collected[0][0].authenticate(context.invocation_metadata())
+        except Unauthenticated as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, exc.message)
+        return identity.key_id.encode()
+
+    @first
+    def sg_grpc_services(gateway, server):
+        collected.append((gateway, server))
+        handler = grpc.unary_unary_rpc_method_handler(whoami)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("contract.Who", {"Am": handler}),))
+        return ["contract.Who"]
+
+    assert impl_args(sg_grpc_services) == spec_args("sg_grpc_services")
+    gw = await make_gateway(extra_plugins=(plugin(sg_grpc_services),))
+    assert collected == [(gw.gateway.api, gw.server.server)]
+    client = gw.client()
+    call = client.channel.unary_unary("/contract.Who/Am")
+    key_id = gw.admin_key.split("_")[1]
+    assert await call(b"", metadata=client.metadata) == key_id.encode()
+    error = await rpc_error(call(b""))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_key_revoked(make_gateway):
+    """Once per key revoked while the gateway runs (here by the gateway's own key store:
+    a revocation by ``sessiongate keys revoke``, another process, is seen the same way,
+    tests/plugins/webhooks), from core's watcher task; a key revoked before the gateway
+    started is not announced."""
+    seen: list[tuple[Any, str, str]] = []
+    got = asyncio.Event()
+
+    @first
+    async def sg_key_revoked(gateway, key_id):
+        seen.append((gateway, key_id, asyncio.current_task().get_name()))
+        got.set()
+
+    assert impl_args(sg_key_revoked) == spec_args("sg_key_revoked")
+    first_gw = await make_gateway()
+    old_id, _key = await first_gw.create_key("old")
+    await first_gw.gateway.keys.revoke(old_id)
+    await first_gw.stop()
+    gw = await make_gateway(extra_plugins=(plugin(sg_key_revoked),))
+    key_id, _key = await gw.create_key("ci")
+    await gw.gateway.keys.revoke(key_id)
+    await wait(got)
+    assert seen == [(gw.gateway.api, key_id, "key-revocations")]
+    got.clear()
+    other_id, _key = await gw.create_key("other")
+    await gw.gateway.keys.revoke(other_id)
+    await wait(got)
+    assert [s[1] for s in seen] == [key_id, other_id]
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_webhook_failed(make_gateway):
+    """With the webhooks plugin on, awaited once for a delivery that failed for good (here
+    a 410 Gone answer), after it is recorded, with the documented read-only fields."""
+    seen: list[tuple[Any, Any]] = []
+    got = asyncio.Event()
+
+    @first
+    async def sg_webhook_failed(gateway, delivery):
+        seen.append((gateway, delivery))
+        got.set()
+
+    async def gone(request: web.Request) -> web.Response:
+        return web.Response(status=410)
+
+    app = web.Application()
+    app.router.add_post("/", gone)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        assert impl_args(sg_webhook_failed) == spec_args("sg_webhook_failed")
+        gw = await make_gateway(extra_plugins=(plugin(sg_webhook_failed),), **{
+            "plugins.webhooks.enabled": True, "plugins.webhooks.allow_http_hosts": [host],
+            "plugins.webhooks.allow_networks": [f"{host}/32"]})
+        from sessiongate.v1 import webhooks_pb2, webhooks_pb2_grpc
+
+        client = gw.client()
+        stub = webhooks_pb2_grpc.WebhooksStub(client.channel)
+        added = await stub.AddEndpoint(webhooks_pb2.AddEndpointRequest(
+            url=f"http://{host}:{port}/", event_types=["session.opened"]),
+            metadata=client.metadata)
+        await client.open()
+        await wait(got)
+    finally:
+        await runner.cleanup()
+    [(gateway, delivery)] = seen
+    assert gateway is gw.gateway.api
+    assert list(delivery) == ["delivery_id", "event_id", "event_type", "endpoint_id",
+                              "attempts", "last_status_code", "last_error"]
+    assert (delivery["endpoint_id"], delivery["event_type"], delivery["attempts"],
+            delivery["last_status_code"]) == (added.endpoint.endpoint_id, "session.opened", 1,
+                                              410)
+    with pytest.raises(TypeError):
+        delivery["attempts"] = 2  # type: ignore[index]
 
 
 # -- the meta-test ---------------------------------------------------------------------------

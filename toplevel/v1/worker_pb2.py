@@ -25,15 +25,17 @@ _sym_db = _symbol_database.Default()
 from sessiongate.v1 import gateway_pb2 as sessiongate_dot_v1_dot_gateway__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsessiongate/v1/worker.proto\x12\x0esessiongate.v1\x1a\x1csessiongate/v1/gateway.proto\"\xef\x03\n\x0bWorkerFrame\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.sessiongate.v1.HelloH\x00\x12*\n\x07welcome\x18\x02 \x01(\x0b\x32\x17.sessiongate.v1.WelcomeH\x00\x12&\n\x05ready\x18\x03 \x01(\x0b\x32\x15.sessiongate.v1.ReadyH\x00\x12*\n\x07\x63ommand\x18\x04 \x01(\x0b\x32\x17.sessiongate.v1.CommandH\x00\x12&\n\x05reply\x18\x05 \x01(\x0b\x32\x15.sessiongate.v1.ReplyH\x00\x12,\n\x06\x65vents\x18\x06 \x01(\x0b\x32\x1a.sessiongate.v1.EventBatchH\x00\x12.\n\theartbeat\x18\x07 \x01(\x0b\x32\x19.sessiongate.v1.HeartbeatH\x00\x12,\n\x08shutdown\x18\x08 \x01(\x0b\x32\x18.sessiongate.v1.ShutdownH\x00\x12&\n\x05\x61\x64opt\x18\t \x01(\x0b\x32\x15.sessiongate.v1.AdoptH\x00\x12*\n\x07history\x18\n \x01(\x0b\x32\x17.sessiongate.v1.HistoryH\x00\x12(\n\x06\x63redit\x18\x0b \x01(\x0b\x32\x16.sessiongate.v1.CreditH\x00\x42\x06\n\x04\x62ody\"b\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\"}\n\x07Welcome\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\x12\x17\n\x0fmax_frame_bytes\x18\x02 \x01(\r\x12&\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x16.sessiongate.v1.Credit\x12\x12\n\nnext_nonce\x18\x04 \x01(\x0c\".\n\x06\x43redit\x12\r\n\x05paced\x18\x01 \x01(\x08\x12\x15\n\rthrough_count\x18\x02 \x01(\x04\"\x07\n\x05Ready\"S\n\x07\x43ommand\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\"h\n\x05Reply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.sessiongate.v1.ReplyStatus\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"D\n\nEventBatch\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.sessiongate.v1.Event\x12\x0f\n\x07overrun\x18\x02 \x01(\x08\"\x0b\n\tHeartbeat\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x91\x01\n\x05\x41\x64opt\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x15\n\rlast_sequence\x18\x05 \x01(\x04\x12\x16\n\x0e\x64ropped_events\x18\x06 \x01(\x04\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\"F\n\x07History\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.sessiongate.v1.Event\x12\x14\n\x0c\x66irst_unsent\x18\x02 \x01(\x04\">\n\rRawEventFrame\x12-\n\x06\x65vents\x18\x06 \x01(\x0b\x32\x1d.sessiongate.v1.RawEventBatch\"0\n\rRawEventBatch\x12\x0e\n\x06\x65vents\x18\x01 \x03(\x0c\x12\x0f\n\x07overrun\x18\x02 \x01(\x08*^\n\x0bReplyStatus\x12\x0c\n\x08REPLY_OK\x10\x00\x12\x1a\n\x16REPLY_INVALID_ARGUMENT\x10\x01\x12\x10\n\x0cREPLY_FAILED\x10\x02\x12\x13\n\x0fREPLY_TOO_LARGE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsessiongate/v1/worker.proto\x12\x0esessiongate.v1\x1a\x1csessiongate/v1/gateway.proto\"\xef\x03\n\x0bWorkerFrame\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.sessiongate.v1.HelloH\x00\x12*\n\x07welcome\x18\x02 \x01(\x0b\x32\x17.sessiongate.v1.WelcomeH\x00\x12&\n\x05ready\x18\x03 \x01(\x0b\x32\x15.sessiongate.v1.ReadyH\x00\x12*\n\x07\x63ommand\x18\x04 \x01(\x0b\x32\x17.sessiongate.v1.CommandH\x00\x12&\n\x05reply\x18\x05 \x01(\x0b\x32\x15.sessiongate.v1.ReplyH\x00\x12,\n\x06\x65vents\x18\x06 \x01(\x0b\x32\x1a.sessiongate.v1.EventBatchH\x00\x12.\n\theartbeat\x18\x07 \x01(\x0b\x32\x19.sessiongate.v1.HeartbeatH\x00\x12,\n\x08shutdown\x18\x08 \x01(\x0b\x32\x18.sessiongate.v1.ShutdownH\x00\x12&\n\x05\x61\x64opt\x18\t \x01(\x0b\x32\x15.sessiongate.v1.AdoptH\x00\x12*\n\x07history\x18\n \x01(\x0b\x32\x17.sessiongate.v1.HistoryH\x00\x12(\n\x06\x63redit\x18\x0b \x01(\x0b\x32\x16.sessiongate.v1.CreditH\x00\x42\x06\n\x04\x62ody\"b\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\"}\n\x07Welcome\x12\x1d\n\x15heartbeat_interval_ms\x18\x01 \x01(\r\x12\x17\n\x0fmax_frame_bytes\x18\x02 \x01(\r\x12&\n\x06\x63redit\x18\x03 \x01(\x0b\x32\x16.sessiongate.v1.Credit\x12\x12\n\nnext_nonce\x18\x04 \x01(\x0c\".\n\x06\x43redit\x12\r\n\x05paced\x18\x01 \x01(\x08\x12\x15\n\rthrough_count\x18\x02 \x01(\x04\"\x07\n\x05Ready\"\xbd\x01\n\x07\x43ommand\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\x12\x37\n\x08metadata\x18\x05 \x03(\x0b\x32%.sessiongate.v1.Command.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"h\n\x05Reply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.sessiongate.v1.ReplyStatus\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"D\n\nEventBatch\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.sessiongate.v1.Event\x12\x0f\n\x07overrun\x18\x02 \x01(\x08\"\x0b\n\tHeartbeat\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x91\x01\n\x05\x41\x64opt\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\x0c\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\x15\n\rlast_sequence\x18\x05 \x01(\x04\x12\x16\n\x0e\x64ropped_events\x18\x06 \x01(\x04\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\"F\n\x07History\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.sessiongate.v1.Event\x12\x14\n\x0c\x66irst_unsent\x18\x02 \x01(\x04\">\n\rRawEventFrame\x12-\n\x06\x65vents\x18\x06 \x01(\x0b\x32\x1d.sessiongate.v1.RawEventBatch\"0\n\rRawEventBatch\x12\x0e\n\x06\x65vents\x18\x01 \x03(\x0c\x12\x0f\n\x07overrun\x18\x02 \x01(\x08*^\n\x0bReplyStatus\x12\x0c\n\x08REPLY_OK\x10\x00\x12\x1a\n\x16REPLY_INVALID_ARGUMENT\x10\x01\x12\x10\n\x0cREPLY_FAILED\x10\x02\x12\x13\n\x0fREPLY_TOO_LARGE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sessiongate.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REPLYSTATUS']._serialized_start=1495
-  _globals['_REPLYSTATUS']._serialized_end=1589
+  _globals['_COMMAND_METADATAENTRY']._loaded_options = None
+  _globals['_COMMAND_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_REPLYSTATUS']._serialized_start=1602
+  _globals['_REPLYSTATUS']._serialized_end=1696
   _globals['_WORKERFRAME']._serialized_start=78
   _globals['_WORKERFRAME']._serialized_end=573
   _globals['_HELLO']._serialized_start=575
@@ -44,22 +46,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREDIT']._serialized_end=848
   _globals['_READY']._serialized_start=850
   _globals['_READY']._serialized_end=857
-  _globals['_COMMAND']._serialized_start=859
-  _globals['_COMMAND']._serialized_end=942
-  _globals['_REPLY']._serialized_start=944
-  _globals['_REPLY']._serialized_end=1048
-  _globals['_EVENTBATCH']._serialized_start=1050
-  _globals['_EVENTBATCH']._serialized_end=1118
-  _globals['_HEARTBEAT']._serialized_start=1120
-  _globals['_HEARTBEAT']._serialized_end=1131
-  _globals['_SHUTDOWN']._serialized_start=1133
-  _globals['_SHUTDOWN']._serialized_end=1159
-  _globals['_ADOPT']._serialized_start=1162
-  _globals['_ADOPT']._serialized_end=1307
-  _globals['_HISTORY']._serialized_start=1309
-  _globals['_HISTORY']._serialized_end=1379
-  _globals['_RAWEVENTFRAME']._serialized_start=1381
-  _globals['_RAWEVENTFRAME']._serialized_end=1443
-  _globals['_RAWEVENTBATCH']._serialized_start=1445
-  _globals['_RAWEVENTBATCH']._serialized_end=1493
+  _globals['_COMMAND']._serialized_start=860
+  _globals['_COMMAND']._serialized_end=1049
+  _globals['_COMMAND_METADATAENTRY']._serialized_start=1002
+  _globals['_COMMAND_METADATAENTRY']._serialized_end=1049
+  _globals['_REPLY']._serialized_start=1051
+  _globals['_REPLY']._serialized_end=1155
+  _globals['_EVENTBATCH']._serialized_start=1157
+  _globals['_EVENTBATCH']._serialized_end=1225
+  _globals['_HEARTBEAT']._serialized_start=1227
+  _globals['_HEARTBEAT']._serialized_end=1238
+  _globals['_SHUTDOWN']._serialized_start=1240
+  _globals['_SHUTDOWN']._serialized_end=1266
+  _globals['_ADOPT']._serialized_start=1269
+  _globals['_ADOPT']._serialized_end=1414
+  _globals['_HISTORY']._serialized_start=1416
+  _globals['_HISTORY']._serialized_end=1486
+  _globals['_RAWEVENTFRAME']._serialized_start=1488
+  _globals['_RAWEVENTFRAME']._serialized_end=1550
+  _globals['_RAWEVENTBATCH']._serialized_start=1552
+  _globals['_RAWEVENTBATCH']._serialized_end=1600
 # @@protoc_insertion_point(module_scope)
