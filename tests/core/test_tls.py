@@ -68,6 +68,13 @@ class Authority:
         certificate = (self._builder(_name(self.name), self.key.public_key())
                        .add_extension(x509.BasicConstraints(ca=True, path_length=None),
                                       critical=True)
+                       .add_extension(x509.KeyUsage(
+                           digital_signature=True, content_commitment=False,
+                           key_encipherment=False, data_encipherment=False,
+                           key_agreement=False, key_cert_sign=True, crl_sign=True,
+                           encipher_only=False, decipher_only=False), critical=True)
+                       .add_extension(x509.SubjectKeyIdentifier.from_public_key(
+                           self.key.public_key()), critical=False)
                        .sign(self.key, hashes.SHA256()))
         self.cert_file = _write_certificate(self.folder / f"{self.name}.pem", certificate)
 
@@ -85,7 +92,12 @@ class Authority:
         builder = (self._builder(_name(name), key.public_key(), not_after)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None),
                                   critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   # Python 3.13's strict X.509 checks want both key identifiers
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                                  critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       self.key.public_key()), critical=False))
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName([
                 x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),

@@ -31,6 +31,7 @@ async def _tokens(gw, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.requires_plugin("fanout")  # two streams of one session
 async def test_revoking_one_token_ends_its_stream_and_refuses_its_next_call(make_gateway,
                                                                             slapd):
     gw = await make_gateway(**slapd.settings(), **FAST)
