@@ -268,7 +268,10 @@ class GatewayProcess:
         while time.monotonic() < deadline:
             log = self.log
             grpc_line, http_line = GRPC_LISTENING.search(log), HTTP_LISTENING.search(log)
-            if grpc_line and (http_line or not self.http):
+            # a new bootstrap key is printed on stdout once both ports listen, just after
+            # their log lines: wait for it too, or a test could read an empty stdout
+            key_due = "created bootstrap admin key" in log and not self.stdout.strip()
+            if grpc_line and (http_line or not self.http) and not key_due:
                 self.address = grpc_line.group(1)
                 self.http_address = http_line.group(1) if http_line else ""
                 return self
