@@ -22,13 +22,14 @@ log = logging.getLogger("sessiongate.tasks")
 class OwnedTasks:
     """A set of running tasks; a finished task leaves the set by itself.
 
-    :param suffix: appended to every task's name (``name:suffix``), e.g. a session id,
-        so a task dump says whose task it is.
+    :param suffix: appended to every task's name (``name:suffix``), so a task dump
+        says whose task it is; a session's tasks default to its id.
     :param session_id: bound as a log field in every task started here (the tasks of
         a session or of its worker), so their log lines name the session.
     """
 
     def __init__(self, suffix: str = "", *, session_id: str = "") -> None:
+        suffix = suffix or session_id
         self._suffix = f":{suffix}" if suffix else ""
         self._session_id = session_id
         self._tasks: set[asyncio.Task[Any]] = set()

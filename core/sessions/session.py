@@ -99,7 +99,7 @@ class Session:
         #: its worker was left running for a later gateway (set at shutdown, never reset)
         self.released = False
         self._on_state = on_state
-        self._tasks = OwnedTasks(session_id, session_id=session_id)
+        self._tasks = OwnedTasks(session_id=session_id)
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} {self.state}>"

@@ -177,7 +177,7 @@ class WorkerHandle:
         self._ready: asyncio.Future[None] | None = None
         self._pending: dict[int, asyncio.Future[worker_pb2.Reply]] = {}
         self._next_id = 0
-        self._tasks = OwnedTasks(session_id, session_id=session_id)
+        self._tasks = OwnedTasks(session_id=session_id)
         self._last_seen = 0.0
         self._stopping = False
         self.lost_reason = ""

@@ -97,7 +97,7 @@ def test_a_task_of_a_session_logs_with_its_id():
     logger.setLevel(logging.INFO)
 
     async def main() -> None:
-        tasks = OwnedTasks("s-1", session_id="s-1")
+        tasks = OwnedTasks(session_id="s-1")
         await tasks.spawn(asyncio.to_thread(logger.info, "in a thread"), "t")
         await tasks.spawn(_log(logger, "in a task"), "t")
         logger.info("outside")
