@@ -188,10 +188,13 @@ class Dispatcher:
         while True:
             self._wake.clear()
             try:
-                if self._ended:
+                # what ended is recorded, and its endpoints' next heads claimed, in the
+                # same turn: recording first, always, would starve the claims while
+                # outcomes keep arriving (endpoints idle with work waiting)
+                recorded = bool(self._ended)
+                if recorded:
                     await self._record()
-                    continue
-                if await self._claim():
+                if await self._claim() or recorded:
                     continue
             except Exception:
                 log.exception("webhooks: the outbox could not be read or written; trying "

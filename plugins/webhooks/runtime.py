@@ -267,31 +267,33 @@ class WebhooksRuntime:
 
     async def _recorded(self, ended: list[Ended], now: float) -> None:
         """Record attempts' outcomes (the dispatcher's ``on_outcome``): their deliveries'
-        new status in one go, then what follows from each (an endpoint failing since, or
-        no more; disabled; a failure announced)."""
+        new status and their endpoints' ``failing_since`` in one go, then what follows
+        from each (an endpoint disabled; a failure announced)."""
         finishes: list[Finish] = []
+        failing_since: dict[str, float | None] = {}
         after: list[Callable[[], Awaitable[None]]] = []
         for endpoint, claim, outcome in ended:
+            was_failing = endpoint.failing_since
             finishes.append(self._decide(endpoint, claim, outcome, now, after))
-        await self.store.finish_many(finishes, now)
+            if endpoint.failing_since != was_failing:
+                failing_since[endpoint.endpoint_id] = endpoint.failing_since
+        await self.store.finish_many(finishes, now, failing_since)
         for follow_up in after:
             await follow_up()
 
     def _decide(self, endpoint: Endpoint, claim: Claim, outcome: Outcome, now: float,
                 after: list[Callable[[], Awaitable[None]]]) -> Finish:
-        """The delivery's new status; what must follow goes on ``after``."""
+        """The delivery's new status (the endpoint's ``failing_since`` is updated in
+        memory, and recorded with it); what must follow goes on ``after``."""
         label = ("delivered" if outcome.ok else "blocked" if outcome.blocked else "failed")
         self.metrics.inc(M_ATTEMPTS, outcome=label)
         self.metrics.observe(M_ATTEMPT_SECONDS, outcome.seconds)
         if outcome.ok:
             self.metrics.inc(M_DELIVERED)
-            if endpoint.failing_since is not None:
-                endpoint.failing_since = None
-                after.append(lambda: self.store.set_failing_since(endpoint.endpoint_id, None))
+            endpoint.failing_since = None
             return Finish(claim.seq, DELIVERED, outcome.status, "", now)
         if endpoint.failing_since is None:
             endpoint.failing_since = now
-            after.append(lambda: self.store.set_failing_since(endpoint.endpoint_id, now))
         failing_for = now - endpoint.failing_since
         if outcome.gone or failing_for >= self.settings.disable_after:
             why = ("answered 410 Gone" if outcome.gone else

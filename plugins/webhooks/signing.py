@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
+import functools
 import os
 import pathlib
 import secrets
@@ -42,7 +43,15 @@ def signature_header(secrets_: Iterable[str], msg_id: str, body: bytes,
     if when.tzinfo is not datetime.UTC:
         raise ValueError("sign with a UTC timestamp (datetime.now(datetime.UTC))")
     text = body.decode()
-    return " ".join(Webhook(secret).sign(msg_id, when, text) for secret in secrets_)
+    return " ".join(_signer(secret).sign(msg_id, when, text) for secret in secrets_)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signer(secret: str) -> Webhook:
+    """The library's signer of ``secret``, made once (it decodes the key each time it is
+    made: a cost on every attempt otherwise). Bounded; the secrets it holds are the ones
+    the runtime holds anyway."""
+    return Webhook(secret)
 
 
 class SecretBox:

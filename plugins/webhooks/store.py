@@ -28,7 +28,7 @@ import asyncio
 import collections
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sessiongate.core import SqliteStore
@@ -205,10 +205,6 @@ class Outbox(SqliteStore):
             "UPDATE endpoints SET secret = ?, previous_secret = ?, previous_expires_at = ? "
             "WHERE endpoint_id = ?", (secret, previous, previous_expires_at, endpoint_id))])
 
-    async def set_failing_since(self, endpoint_id: str, since: float | None) -> None:
-        await self._transaction([("UPDATE endpoints SET failing_since = ? WHERE endpoint_id = ?",
-                                  (since, endpoint_id))])
-
     async def disable(self, endpoint_id: str, reason: str, now: float) -> int:
         """Disable the endpoint; its deliveries not yet ended fail. How many did."""
         counts = await self._transaction([
@@ -293,16 +289,27 @@ class Outbox(SqliteStore):
             endpoint_ids)
         return {row[0]: row[1] for row in rows}
 
-    async def finish_many(self, finishes: Sequence[Finish], now: float) -> None:
-        """Record attempts' outcomes, all in one go."""
-        if finishes:
-            async with self._write:
-                await self.db.executemany(
-                    "UPDATE deliveries SET status = ?, next_attempt_at = ?, "
-                    "last_status_code = ?, last_error = ?, updated_at = ? "
-                    "WHERE seq = ? AND status = ?",
-                    [(f.status, f.due, f.code, f.error, now, f.seq, DELIVERING)
-                     for f in finishes])
+    async def finish_many(self, finishes: Sequence[Finish], now: float,
+                          failing_since: Mapping[str, float | None] | None = None) -> None:
+        """Record attempts' outcomes, and the endpoints whose ``failing_since`` changed
+        with them: one statement for each table (``UPDATE … FROM (VALUES …)``), so a
+        batch of outcomes costs the dispatcher one or two round trips, not one a row."""
+        async with self._write:
+            for chunk in _chunks(finishes, ROWS_PER_STATEMENT):
+                await self.db.execute(
+                    "UPDATE deliveries SET status = v.column2, next_attempt_at = v.column3, "
+                    "last_status_code = v.column4, last_error = v.column5, updated_at = ? "
+                    f"FROM (VALUES {_placeholders(len(chunk), 5)}) AS v "
+                    "WHERE deliveries.seq = v.column1 AND deliveries.status = ?",
+                    (now, *(value for f in chunk
+                            for value in (f.seq, f.status, f.due, f.code, f.error)),
+                     DELIVERING))
+            for chunk in _chunks(list((failing_since or {}).items()), ROWS_PER_STATEMENT):
+                await self.db.execute(
+                    "UPDATE endpoints SET failing_since = v.column2 "
+                    f"FROM (VALUES {_placeholders(len(chunk), 2)}) AS v "
+                    "WHERE endpoints.endpoint_id = v.column1",
+                    tuple(value for pair in chunk for value in pair))
 
     async def finish(self, seq: int, status: str, *, code: int, error: str, due: float,
                      now: float, attempts: int | None = None) -> None:
@@ -388,3 +395,17 @@ class Outbox(SqliteStore):
                 "WHERE d.event_id = events.event_id) LIMIT ?)", (cutoff, PRUNE_CHUNK))])
             if count < PRUNE_CHUNK:
                 return deleted
+
+
+#: rows of one ``VALUES`` list (SQLite allows 32766 parameters a statement)
+ROWS_PER_STATEMENT = 1000
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _placeholders(rows: int, columns: int) -> str:
+    """``(?, ?), (?, ?)`` for ``VALUES``: ``rows`` tuples of ``columns``."""
+    row = "(" + ", ".join("?" * columns) + ")"
+    return ", ".join([row] * rows)
