@@ -213,13 +213,13 @@ async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Async
     finally:
         for handle in reversed(handles):
             await handle.stop()
-            # Released workers (reattach) are still our children: end and reap them through
-            # asyncio, so their transports close before the loop does.
+            # Released workers (reattach) are still our children: end them by pid (their
+            # Popen is disowned: it no longer signals) and reap them through asyncio.
             for worker in list(handle.gateway.sessions.released):
                 proc = worker.process
                 if proc is not None and proc.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
+                        os.kill(proc.pid, signal.SIGKILL)
                     await proc.wait()
         # With reattach on, a graceful stop leaves workers running for the next gateway
         # on this state dir; no test wants them to outlive it.

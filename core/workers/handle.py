@@ -565,6 +565,8 @@ class WorkerHandle:
             self._writer = None
         self.lost_reason = self.lost_reason or "released for adoption"
         self._tasks.cancel()
+        if self.process is not None:
+            _disown(self.process)
 
     async def wait_tasks(self) -> None:
         await self._tasks.wait()
@@ -609,3 +611,31 @@ class WorkerHandle:
         await self._tasks.cancel_and_wait()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+
+
+def _disown(process: asyncio.subprocess.Process) -> None:
+    """Let a released worker outlive this gateway's event loop.
+
+    asyncio kills a child whose subprocess transport is closed or collected while the
+    child runs (``BaseSubprocessTransport.close``: ``kill()`` unless ``Popen.poll()``
+    has a status). From Python 3.12 the pidfd child watcher holds the transport only
+    through the loop's selector, so closing the loop at gateway exit collects it and the
+    released worker is SIGKILLed (3.11's watcher thread kept it referenced). With a
+    status recorded on the ``Popen`` that check passes, and the transport is closed
+    here; the real exit is still reaped by the watcher while this gateway runs, and by
+    the worker's new parent after.
+    asyncio exposes the ``Popen`` only through the transport, which ``Process`` keeps in
+    an attribute without a public accessor.
+    """
+    transport = getattr(process, "_transport", None)
+    if transport is None:
+        return
+    popen = transport.get_extra_info("subprocess")
+    if popen is not None and popen.returncode is None:
+        popen.returncode = RELEASED_RETURNCODE
+    transport.close()  # its pipes; no kill now (nor an "unclosed transport" warning)
+
+
+#: what the ``Popen`` of a released worker reports as its status (never a real one:
+#: real statuses are 0-255 or minus a signal number)
+RELEASED_RETURNCODE = -1000

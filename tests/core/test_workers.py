@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import stat
 
@@ -312,3 +313,34 @@ async def test_spare_worker_is_used_and_replaced(make_gateway):
     await wait_for(lambda: len(manager.spares.ready) == 1)
     assert manager.spares.ready[0][1].pid != spare_pid
     assert await client.invoke_json(sid, "echo", 1) == 1
+
+
+def test_a_released_worker_outlives_its_gateway_process(gateway_process):
+    """reattach's release, on the Python running the suite: a worker the gateway lets go
+    at a graceful stop is still running after the gateway process (and its event loop)
+    has ended. On 3.12+ asyncio's subprocess transport, collected at loop close, used to
+    SIGKILL it (core/workers/handle.py, ``_disown``)."""
+    gateway = gateway_process(**{"plugins.reattach.enabled": True})
+    key = gateway.stdout.strip()
+    loop = asyncio.new_event_loop()
+    try:
+        from sessiongate.client import GatewayClient
+
+        async def open_one() -> str:
+            async with grpc.aio.insecure_channel(gateway.address) as channel:
+                return (await GatewayClient(channel, key).open(client_name="kept")).session_id
+
+        session_id = loop.run_until_complete(open_one())
+    finally:
+        loop.close()
+    found = re.search(rf"session {session_id}: worker started \(pid (\d+)", gateway.log)
+    assert found, gateway.log
+    worker = psutil.Process(int(found.group(1)))
+    gateway.signal(signal.SIGTERM)
+    assert gateway.wait(30) == 0, gateway.log
+    try:
+        assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE, (
+            "the released worker ended with its gateway")
+    finally:
+        worker.kill()
+        worker.wait(10)
