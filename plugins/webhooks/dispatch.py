@@ -7,9 +7,11 @@ never followed, a per-attempt timeout, at most 64 KiB of an answer read.
 The dispatcher keeps at most one delivery in flight per endpoint - always the head of
 its queue, so an endpoint gets its events in the order they happened, and a failing one
 holds back only its own queue - and at most ``max_in_flight`` over all endpoints. It
-runs one task of its own and one task per endpoint with work (each owned by the
-gateway: cancelled and awaited at shutdown; an attempt cut short is put back in its
-queue, not counted).
+claims the due front of a queue (up to :data:`BATCH` deliveries) in one statement and
+sends them one after another, each only once the one before it succeeded; what was not
+sent goes back to the queue, not counted. It runs one task of its own and one task per
+endpoint with work (each owned by the gateway: cancelled and awaited at shutdown; an
+attempt cut short is put back in its queue, not counted).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import aiohttp
 
 from .guard import Blocked, GuardedResolver, Policy
 from .signing import signature_header
-from .store import PENDING, Claim, Outbox
+from .store import Claim, Outbox
 
 #: an attempt that ended: the endpoint, the claim, what came of it
 Ended = tuple[Any, Claim, "Outcome"]
@@ -53,6 +55,9 @@ IDLE_SECONDS = 60.0
 USER_AGENT = "sessiongate-webhooks/1"
 #: a queue whose store could not be read or written is looked at again after this
 RETRY_AFTER_ERROR_SECONDS = 5.0
+#: deliveries of one endpoint claimed together (the claim's round trip paid once for
+#: them; bodies of at most this many per endpoint held in memory)
+BATCH = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,11 +151,12 @@ class Sender:
 class Dispatcher:
     """Schedules the endpoints' queues (see the module docstring).
 
-    One task (:meth:`run`) claims the due heads of idle endpoints, as many as there is
-    room for, in one statement; each claim's attempt runs as a task of its own; the
-    outcomes that came back meanwhile are recorded together (``on_outcome``), after which
-    their endpoints are looked at again. An endpoint is *busy* from its claim until its
-    outcome is recorded, so it never has two deliveries in flight.
+    One task (:meth:`run`) claims the due fronts of idle endpoints' queues, as many
+    endpoints as there is room for, in one statement; each endpoint's claims are sent
+    in order by a task of its own; the outcomes that came back meanwhile are recorded
+    together (``on_outcome``), after which their endpoints are looked at again once all
+    their claims are recorded or given back. An endpoint is *busy* from its claim until
+    then, so it never has two deliveries in flight.
 
     :param targets: the endpoints by id (the runtime's, kept current): each has
         ``url``, ``active`` and ``signing_secrets(now)``.
@@ -169,13 +175,15 @@ class Dispatcher:
         self._lease = sender.timeout + LEASE_MARGIN_SECONDS
         self._room = max_in_flight
         self._due: dict[str, float] = {}
-        self._busy: set[str] = set()
+        #: busy endpoints: how many of their claims are not yet recorded or given back
+        self._busy: dict[str, int] = {}
         self._ended: list[Ended] = []
+        self._given_back: list[Claim] = []
         self._wake = asyncio.Event()
 
     @property
     def in_flight(self) -> int:
-        """Attempts under way or not yet recorded."""
+        """Endpoints with deliveries under way or not yet recorded."""
         return len(self._busy)
 
     def poke(self, endpoint_id: str, when: float = 0.0) -> None:
@@ -191,7 +199,7 @@ class Dispatcher:
                 # what ended is recorded, and its endpoints' next heads claimed, in the
                 # same turn: recording first, always, would starve the claims while
                 # outcomes keep arriving (endpoints idle with work waiting)
-                recorded = bool(self._ended)
+                recorded = bool(self._ended or self._given_back)
                 if recorded:
                     await self._record()
                 if await self._claim() or recorded:
@@ -228,35 +236,58 @@ class Dispatcher:
                 due.append(endpoint_id)
         if not due:
             return False
-        claims = await self._store.claim(due, now, now + self._lease)
-        for claim in claims:
-            self._busy.add(claim.endpoint_id)
-            self._gateway.spawn(self._attempt(self._targets[claim.endpoint_id], claim),
-                                "webhooks-attempt")
-        claimed = {claim.endpoint_id for claim in claims}
-        idle = [endpoint_id for endpoint_id in due if endpoint_id not in claimed]
+        batches: dict[str, list[Claim]] = {}
+        for claim in await self._store.claim(due, now, now + self._lease, per_endpoint=BATCH):
+            batches.setdefault(claim.endpoint_id, []).append(claim)
+        for endpoint_id, batch in batches.items():
+            self._busy[endpoint_id] = len(batch)
+            self._gateway.spawn(self._attempts(self._targets[endpoint_id], batch),
+                                "webhooks-attempts")
+        idle = [endpoint_id for endpoint_id in due if endpoint_id not in batches]
         for endpoint_id, when in (await self._store.next_due(idle)).items():
             self.poke(endpoint_id, when)  # not due yet: a retry's wait, or a dead lease
         return True
 
-    async def _attempt(self, target: Any, claim: Claim) -> None:
-        try:
-            outcome = await self._sender.send(target.url, claim.event_id, claim.body,
-                                              target.signing_secrets(time.time()))
-        except asyncio.CancelledError:
-            # the gateway stops: the attempt did not complete; back in the queue as it was
-            await asyncio.shield(self._store.finish(
-                claim.seq, PENDING, code=0, error="interrupted by a gateway shutdown",
-                due=time.time(), now=time.time(), attempts=claim.attempts - 1))
-            raise
-        self._ended.append((target, claim, outcome))
+    async def _attempts(self, target: Any, batch: list[Claim]) -> None:
+        """Send an endpoint's claims in order, each after the one before it succeeded;
+        the rest is given back (after a failure, or once the endpoint is disabled)."""
+        for index, claim in enumerate(batch):
+            if not target.active:
+                self._give_back(batch[index:])
+                return
+            try:
+                outcome = await self._sender.send(target.url, claim.event_id, claim.body,
+                                                  target.signing_secrets(time.time()))
+            except asyncio.CancelledError:
+                # the gateway stops: these were not sent (the one under way did not
+                # complete); back in the queue as they were
+                await asyncio.shield(self._store.release(batch[index:], time.time()))
+                raise
+            self._ended.append((target, claim, outcome))
+            if not outcome.ok:
+                self._give_back(batch[index + 1:])  # held back behind the failed one
+                return
+            self._wake.set()
+
+    def _give_back(self, claims: list[Claim]) -> None:
+        self._given_back.extend(claims)
         self._wake.set()
 
     async def _record(self) -> None:
+        """Give back what was not sent, then record the outcomes (in this order: an
+        outcome that disables an endpoint fails what was given back too)."""
+        given_back, self._given_back = self._given_back, []
         ended, self._ended = self._ended, []
         try:
-            await self._on_outcome(ended, time.time())
+            if given_back:
+                await self._store.release(given_back, time.time())
+            if ended:
+                await self._on_outcome(ended, time.time())
         finally:
-            for _target, claim, _outcome in ended:
-                self._busy.discard(claim.endpoint_id)
-                self.poke(claim.endpoint_id)  # its next head, if any
+            for claim in given_back + [claim for _target, claim, _outcome in ended]:
+                left = self._busy[claim.endpoint_id] - 1
+                if left:
+                    self._busy[claim.endpoint_id] = left
+                else:
+                    del self._busy[claim.endpoint_id]
+                    self.poke(claim.endpoint_id)  # its next heads, if any

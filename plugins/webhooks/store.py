@@ -92,6 +92,13 @@ CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (endpoint_id, seq)
 #: the head of an endpoint's queue (a scalar subquery on the queue index)
 _HEAD = ("(SELECT seq FROM deliveries WHERE endpoint_id = ? "
          "AND status IN ('pending', 'delivering') ORDER BY seq LIMIT 1)")
+#: the due front of an endpoint's queue: its first ``?`` deliveries not ended, up to the
+#: first that is not due (a retry's wait, or a lease still running) - params: now,
+#: endpoint id, how many
+_DUE_PREFIX = ("SELECT seq FROM (SELECT seq, MAX(next_attempt_at > ?) OVER (ORDER BY seq) "
+               "AS held FROM (SELECT seq, next_attempt_at FROM deliveries WHERE "
+               "endpoint_id = ? AND status IN ('pending', 'delivering') ORDER BY seq "
+               "LIMIT ?)) WHERE held = 0")
 _DELIVERY_COLUMNS = ("d.delivery_id, d.event_id, e.type, d.endpoint_id, d.status, d.attempts, "
                      "d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, "
                      "d.updated_at")
@@ -252,23 +259,28 @@ class Outbox(SqliteStore):
             per_endpoint[row[2]] = per_endpoint.get(row[2], 0) + 1
         return per_endpoint
 
-    async def claim(self, endpoint_ids: Sequence[str], now: float,
-                    lease_until: float) -> list[Claim]:
+    async def claim(self, endpoint_ids: Sequence[str], now: float, lease_until: float,
+                    per_endpoint: int = 1) -> list[Claim]:
         """Take the head of each endpoint's queue for an attempt (attempts + 1) until
         ``lease_until``, where it is due (pending and due, or still delivering with its
-        lease ended: its gateway died mid-attempt). One statement for all (each head
-        found through the queue index), and one for the bodies."""
+        lease ended: its gateway died mid-attempt); with ``per_endpoint`` > 1, also the
+        due deliveries right behind it, up to that many, never past one that is not due
+        (the queue's order holds). One statement for all (each queue read through its
+        index), and one for the bodies. The claims of an endpoint come in queue order."""
         if not endpoint_ids:
             return []
-        heads = ", ".join([_HEAD] * len(endpoint_ids))
+        prefixes = " UNION ALL ".join([_DUE_PREFIX] * len(endpoint_ids))
         async with self._write:
             rows = list(await self.db.execute_fetchall(
                 "UPDATE deliveries SET status = ?, attempts = attempts + 1, "
-                f"next_attempt_at = ?, updated_at = ? WHERE seq IN ({heads}) "
-                "AND next_attempt_at <= ? RETURNING seq, delivery_id, event_id, endpoint_id, "
-                "attempts", (DELIVERING, lease_until, now, *endpoint_ids, now)))
+                f"next_attempt_at = ?, updated_at = ? WHERE seq IN ({prefixes}) "
+                "RETURNING seq, delivery_id, event_id, endpoint_id, attempts",
+                (DELIVERING, lease_until, now,
+                 *(value for endpoint_id in endpoint_ids
+                   for value in (now, endpoint_id, per_endpoint)))))
         if not rows:
             return []
+        rows.sort(key=lambda row: row[0])
         found = {row[2]: self._bodies[row[2]] for row in rows if row[2] in self._bodies}
         ids = sorted({row[2] for row in rows} - set(found))
         if ids:  # apart: a subquery in RETURNING scans the events table (SQLite 3.40)
@@ -277,6 +289,17 @@ class Outbox(SqliteStore):
                 f"({', '.join('?' * len(ids))})", ids)})
         return [Claim(seq, dlv, evt, endpoint, found[evt][0], attempts, lease_until,
                       found[evt][1]) for seq, dlv, evt, endpoint, attempts in rows]
+
+    async def release(self, claims: Sequence[Claim], now: float) -> None:
+        """Give back claims that were not attempted (their attempt not counted): pending
+        and due again, behind whatever holds their queue."""
+        async with self._write:
+            for chunk in _chunks(claims, ROWS_PER_STATEMENT):
+                await self.db.execute(
+                    "UPDATE deliveries SET status = ?, attempts = attempts - 1, "
+                    "next_attempt_at = ?, updated_at = ? WHERE status = ? AND seq IN "
+                    f"({', '.join('?' * len(chunk))})",
+                    (PENDING, now, now, DELIVERING, *(claim.seq for claim in chunk)))
 
     async def next_due(self, endpoint_ids: Sequence[str]) -> dict[str, float]:
         """When the head of each endpoint's queue is due (or its lease ends); endpoints

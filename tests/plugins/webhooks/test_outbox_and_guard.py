@@ -85,6 +85,29 @@ async def test_the_queue_head_is_the_oldest_delivery_not_ended(outbox):
 
 
 @pytest.mark.asyncio
+async def test_a_batch_claim_takes_the_due_front_of_each_queue_in_order(outbox):
+    """Up to ``per_endpoint`` deliveries a queue, oldest first, never past one that is
+    not due (a retry's wait holds everything behind it); what was not sent is given
+    back uncounted."""
+    now = time.time()
+    a_events, b_events = [event() for _ in range(5)], [event() for _ in range(2)]
+    await outbox.enqueue([(e, ["ep_a"]) for e in a_events] +
+                         [(e, ["ep_b"]) for e in b_events], now)
+    claims = await outbox.claim(["ep_a", "ep_b"], now, now + 30, per_endpoint=3)
+    assert [(c.endpoint_id, c.event_id) for c in claims] == \
+        [("ep_a", e.event_id) for e in a_events[:3]] + \
+        [("ep_b", e.event_id) for e in b_events]
+    first, second, third = claims[:3]
+    # the first fails and waits 60 s; the two behind it go back, uncounted
+    await outbox.finish_many([Finish(first.seq, "pending", 500, "HTTP 500", now + 60)], now)
+    await outbox.release([second, third], now)
+    assert await outbox.claim(["ep_a"], now + 1, now + 30, per_endpoint=3) == []
+    retried = await outbox.claim(["ep_a"], now + 61, now + 90, per_endpoint=3)
+    assert [c.event_id for c in retried] == [e.event_id for e in a_events[:3]]
+    assert [c.attempts for c in retried] == [2, 1, 1]
+
+
+@pytest.mark.asyncio
 async def test_pruning_deletes_ended_deliveries_and_their_events_only(outbox):
     now = time.time()
     old, fresh, waiting = event(age=200), event(), event(age=200)
