@@ -104,7 +104,10 @@ class Setting:
         """The dynaconf ``Validator`` enforcing this rule, with a message naming all three."""
         # dynaconf str.format()s the messages: braces in a rule ("{username}") are literal
         rule = self.rule.replace("{", "{{").replace("}", "}}")
-        message = f"{self.key} = {{value!r}}: must be {rule}"
+        # a secret's value is never shown, not even a wrong one (it may be nearly right)
+        shown = ("(a secret, not shown)" if self.secret or SECRET_NAME.search(
+            self.key.rsplit(".", 1)[-1]) else "{value!r}")
+        message = f"{self.key} = {shown}: must be {rule}"
         check = self.check
 
         def condition(value: Any) -> bool:

@@ -116,7 +116,7 @@ def test_search_then_bind_needs_a_base_and_a_password(tmp_path):
     })
     assert "plugins.acl.ldap.start_tls = True: must be false when plugins.acl.ldap.url " \
         "is ldaps://" in text
-    assert "plugins.acl.ldap.bind_password = '': must be non-empty" in text
+    assert "plugins.acl.ldap.bind_password = (a secret, not shown): must be non-empty" in text
     assert "plugins.acl.ldap.user_search_base = '': must be non-empty" in text
 
 
