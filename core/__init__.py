@@ -25,6 +25,8 @@ _PUBLIC: dict[str, str] = {
     "InternalConsumer": "sessiongate.core.plugin_api",
     "Session": "sessiongate.core.sessions.session",
     "EndedSession": "sessiongate.core.sessions.session",
+    "RemoteSession": "sessiongate.core.sessions.remote",
+    "KeyRecord": "sessiongate.core.identity",
     "SessionState": "sessiongate.core.sessions.session",
     "AdoptionRecord": "sessiongate.core.sessions.manager",
     "Distributor": "sessiongate.core.streaming.events",
@@ -70,9 +72,11 @@ __all__ = [
     "GatewayAPI",
     "Identity",
     "InternalConsumer",
+    "KeyRecord",
     "LoginGrant",
     "Metric",
     "PluginCommand",
+    "RemoteSession",
     "Session",
     "SessionState",
     "Setting",
@@ -115,11 +119,12 @@ if TYPE_CHECKING:
         positive_number,
         string,
     )
-    from sessiongate.core.identity import ADMIN_SCOPE, TAG_PATTERN, Identity, LoginGrant
+    from sessiongate.core.identity import ADMIN_SCOPE, TAG_PATTERN, Identity, KeyRecord, LoginGrant
     from sessiongate.core.metrics import Metric, counter, gauge, histogram
     from sessiongate.core.plugin_api import GatewayAPI, InternalConsumer
     from sessiongate.core.pluginhost.defaults import worker_socket_path
     from sessiongate.core.sessions.manager import AdoptionRecord
+    from sessiongate.core.sessions.remote import RemoteSession
     from sessiongate.core.sessions.session import EndedSession, Session, SessionState
     from sessiongate.core.stash import Stash, StashKey
     from sessiongate.core.storage import SqliteStore

@@ -8,6 +8,7 @@ module imports nothing heavy.
 from __future__ import annotations
 
 __all__ = [
+    "NODE_METADATA",
     "OVERFLOW_MESSAGE",
     "SHUTDOWN_MESSAGE",
     "Aborted",
@@ -24,6 +25,7 @@ __all__ = [
     "StartupError",
     "Unauthenticated",
     "Unavailable",
+    "WrongNode",
 ]
 
 #: Every overflow disconnect carries this text (clients and tests match on it).
@@ -31,6 +33,9 @@ OVERFLOW_MESSAGE = "event queue overflow"
 #: Every stream a gateway ends, and every call it refuses, because it is shutting down
 #: carries this text (UNAVAILABLE); the client tells a shutdown from a network cut by it.
 SHUTDOWN_MESSAGE = "gateway shutting down"
+#: Trailing metadata naming the gateway node that holds a session (cluster, CONTRACT
+#: §8.4): sent with FAILED_PRECONDITION when a call reached another node.
+NODE_METADATA = "sessiongate-node"
 
 
 class StartupError(Exception):
@@ -58,6 +63,8 @@ class GatewayError(Exception):
         #: seconds after which a retry may succeed; sent as trailing metadata
         #: ``retry-after`` (whole seconds, rounded up) with the status
         self.retry_after = retry_after
+        #: more trailing metadata sent with the status: ``(key, value)`` pairs
+        self.trailers: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code}: {self.message})"
@@ -109,3 +116,15 @@ class Aborted(GatewayError):
 
 class Internal(GatewayError):
     code = "INTERNAL"
+
+
+class WrongNode(FailedPrecondition):
+    """The session is held by another gateway node (cluster): the call must go there.
+    Sent as FAILED_PRECONDITION with trailing metadata ``sessiongate-node: <address>``,
+    which the Python client and the CLI follow once."""
+
+    def __init__(self, session_id: str, address: str) -> None:
+        super().__init__(f"session {session_id} is held by the gateway node at {address}; "
+                         f"call that node (the {NODE_METADATA} trailer names it)")
+        self.address = address
+        self.trailers = ((NODE_METADATA, address),)

@@ -105,6 +105,12 @@ class Gateway:
         #: plugins' background tasks (GatewayAPI.spawn)
         self.tasks = OwnedTasks()
         self.bootstrap_key: str | None = None
+        #: why parts of the gateway are degraded, by the component that says so
+        #: (GatewayAPI.set_degraded; /readyz answers 503 while any is)
+        self.degraded: dict[str, str] = {}
+        #: this gateway's address as other gateway nodes and clients dial it (cluster);
+        #: "" when not part of a cluster (GatewayAPI.node_address)
+        self.node_address = ""
         self._started = False
         self._lock_fd: int | None = None
 

@@ -26,7 +26,8 @@ hook argument it may be left out of an implementation's signature.
 
 Hooks are called through pluggy, so ``SESSIONGATE_TRACE_HOOKS=1`` traces every call.
 
-Sections: boot, sessions, identity, events, workers, calls, webhooks.
+Sections: boot, sessions, identity, events, workers, calls, webhooks, cluster,
+sign-in and alarms.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from sessiongate.core.metrics import Metric
     from sessiongate.core.plugin_api import GatewayAPI
     from sessiongate.core.plugin_cli import PluginCommand
+    from sessiongate.core.sessions.manager import AdoptionRecord
     from sessiongate.core.sessions.session import Session
     from sessiongate.core.streaming.events import Distributor, Subscription
 
@@ -58,13 +60,18 @@ __all__ = [
     "sg_grpc_services",
     "sg_http_routes",
     "sg_internal_subscribers",
+    "sg_key_created",
     "sg_key_revoked",
+    "sg_list_remote_sessions",
+    "sg_locate_session",
     "sg_login",
     "sg_make_distributor",
     "sg_metrics",
     "sg_replay_supported",
+    "sg_revoke_credential",
     "sg_secret_settings",
     "sg_session_adopted",
+    "sg_session_adoption_failed",
     "sg_session_closed",
     "sg_session_open",
     "sg_session_opened",
@@ -304,7 +311,10 @@ def sg_authorize(gateway: GatewayAPI, identity: Identity, action: str,
 
     :param action: one of ``open``, ``get``, ``list``, ``invoke``, ``close``,
         ``stream``, ``resume``.
-    :param session: the session concerned (``None`` for ``open``).
+    :param session: the session concerned (``None`` for ``open``). For ``list`` it may
+        be a :class:`~sessiongate.core.sessions.remote.RemoteSession`, a session another
+        gateway node holds (:func:`sg_list_remote_sessions`): it has ``session_id``,
+        ``owner_key_id``, ``tag``, ``state`` and ``node``, no worker or subscribers.
 
     Kind: decision, may be async.
     """
@@ -341,6 +351,23 @@ def sg_key_revoked(gateway: GatewayAPI, key_id: str) -> None:
     the moment it is revoked, whatever this hook does.
 
     :param key_id: the revoked key's public id (never its secret).
+
+    Kind: observer, may be async; awaited in order.
+    """
+
+
+@hookspec
+def sg_key_created(gateway: GatewayAPI, key_id: str) -> None:
+    """An API key was added to the key store while the gateway ran (``sessiongate keys
+    create`` in any process sharing ``state_dir``, or a key another gateway holds,
+    brought in with ``GatewayAPI.apply_key_record``).
+
+    Seen by the same watcher as :func:`sg_key_revoked`, from its task, once per key;
+    keys that existed when the gateway started are not announced (read them with
+    ``GatewayAPI.key_records``). A key created and revoked between two looks is
+    announced here first, then to :func:`sg_key_revoked`.
+
+    :param key_id: the key's public id (never its secret).
 
     Kind: observer, may be async; awaited in order.
     """
@@ -635,4 +662,82 @@ def sg_webhook_failed(gateway: GatewayAPI, delivery: Mapping[str, Any]) -> None:
 
     No shipped implementation: for alerting and audit plugins; the webhooks plugin logs
     and counts each failure itself.
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Cluster (several gateways sharing sessions; the cluster plugin implements these)
+# -------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def sg_locate_session(gateway: GatewayAPI, session_id: str) -> str | None:
+    """Which gateway node holds a session this gateway does not know?
+
+    Consulted when a call (``GetSession``, ``Invoke``, ``CloseSession``,
+    ``StreamEvents``) names a session id that is neither live nor remembered here, just
+    before core would answer ``NOT_FOUND``. Stops at first non-None result: the node's
+    gRPC address, as clients should dial it; core then refuses the call with
+    ``FAILED_PRECONDITION``, a message naming the address, and trailing metadata
+    ``sessiongate-node: <address>``, which the Python client and the CLI follow once.
+    ``None``: unknown everywhere (``NOT_FOUND``). Answer from memory (no network I/O on
+    a call's path) and never with this gateway's own address.
+
+    Kind: decision, may be async.
+    """
+
+
+@hookspec
+def sg_list_remote_sessions(gateway: GatewayAPI, identity: Identity) -> Sequence[Any]:
+    """Sessions other gateway nodes hold, for ``ListSessions``.
+
+    Called once per ``ListSessions`` call, after the local sessions are listed. Return
+    :class:`~sessiongate.core.sessions.remote.RemoteSession` objects (from memory: no
+    network I/O on a call's path); core asks :func:`sg_authorize` (action ``list``)
+    about each, as for its own sessions, and lists those the caller may see with their
+    ``node`` set. A session id that is also live here is listed once, as the local one.
+
+    :param identity: the caller (for an implementation that can narrow the list early).
+
+    Kind: observer, may be async; awaited in order.
+    """
+
+
+# -------------------------------------------------------------------------------------
+# Sign-in and alarms (mechanisms for web front ends such as the dashboard plugin)
+# -------------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def sg_revoke_credential(gateway: GatewayAPI, credential: str) -> bool | None:
+    """Revoke one sign-in credential at once: a person signing out.
+
+    Stops at first non-None result. Return ``True`` once the credential is revoked
+    (its next use is ``UNAUTHENTICATED``, in every process sharing ``state_dir``),
+    ``False`` if it is yours but cannot be revoked (already expired, or unknown); ``None``
+    means "not mine" (an API key, another plugin's token). Only the holder of a
+    credential can ask (the credential itself is the proof); never log it.
+
+    :param credential: what was issued at :func:`sg_login` (the bearer token).
+
+    Kind: decision, may be async.
+
+    Called through ``GatewayAPI.revoke_credential``.
+    """
+
+
+@hookspec
+def sg_session_adoption_failed(gateway: GatewayAPI, record: AdoptionRecord,
+                               outcome: str) -> None:
+    """A worker an earlier gateway released was not adopted
+    (``GatewayAPI.adopt_session`` returned None): it was gone, was another process, did
+    not phone home in time, or refused; it is stopped if it was ours.
+
+    :param record: what described the worker (session id, owner, tag, pid; never the
+        nonce, only its digest).
+    :param outcome: the ``session_adoptions`` metric's label (``gone``,
+        ``pid_mismatch``, ``already_live``, ``expired``, ``failed`` or the worker's
+        refusal).
+
+    Kind: observer, may be async; awaited in order.
     """

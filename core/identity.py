@@ -22,7 +22,8 @@ from typing import Any
 from sessiongate.core.errors import InvalidArgument, NotFound, Unauthenticated
 from sessiongate.core.storage import SqliteStore
 
-__all__ = ["ADMIN_SCOPE", "KEY_PREFIX", "KNOWN_SCOPES", "Identity", "KeyStore", "LoginGrant",
+__all__ = ["ADMIN_SCOPE", "KEY_PREFIX", "KNOWN_SCOPES", "Identity", "KeyRecord", "KeyStore",
+           "LoginGrant",
            "parse_bearer", "unknown_scope_message"]
 
 ADMIN_SCOPE = "sessions:admin"
@@ -84,6 +85,28 @@ def unknown_scope_message(scope: str) -> str | None:
 
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
+
+
+# -- replicated key records (cluster) ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRecord:
+    """An API key as another gateway needs it to verify the key: never its secret, only
+    the secret's SHA-256 ``digest``. Revocation is sticky: once ``revoked_at`` is set, no
+    record makes the key active again."""
+
+    key_id: str
+    name: str
+    digest: bytes = dataclasses.field(repr=False)
+    scopes: tuple[str, ...]
+    tags: tuple[str, ...]
+    created_at: float
+    revoked_at: float | None = None
+
+
+#: outcomes of :meth:`KeyStore.apply`
+KEY_ADDED, KEY_REVOKED, KEY_UNCHANGED, KEY_CONFLICT = "added", "revoked", "unchanged", "conflict"
 
 
 class KeyStore(SqliteStore):
@@ -161,6 +184,49 @@ class KeyStore(SqliteStore):
             raise Unauthenticated(f"API key {key_id} has been revoked")
         return Identity(key_id=key_id, name=name, scopes=frozenset(json.loads(scopes)),
                         tags=frozenset(json.loads(tags)))
+
+    async def records(self, key_id: str | None = None) -> list[KeyRecord]:
+        """Every key (or the one named) as a :class:`KeyRecord`, oldest first."""
+        where, args = ("WHERE key_id = ?", (key_id,)) if key_id is not None else ("", ())
+        rows = await self.db.execute_fetchall(
+            "SELECT key_id, name, digest, scopes, tags, created_at, revoked_at FROM api_keys "
+            f"{where} ORDER BY created_at, key_id", args)
+        return [KeyRecord(key_id=r[0], name=r[1], digest=bytes(r[2]),
+                          scopes=tuple(json.loads(r[3])), tags=tuple(json.loads(r[4])),
+                          created_at=float(r[5]), revoked_at=r[6]) for r in rows]
+
+    async def apply(self, record: KeyRecord) -> str:
+        """Bring a key another gateway holds into this store: a new key is added, a
+        revocation applied (sticky). Returns ``added``, ``revoked``, ``unchanged`` or
+        ``conflict`` (a key of that id with another digest: left alone)."""
+        async with self._write_lock:
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = list(await self.db.execute_fetchall(
+                    "SELECT digest, revoked_at FROM api_keys WHERE key_id = ?",
+                    (record.key_id,)))
+                if not rows:
+                    await self.db.execute(
+                        "INSERT INTO api_keys (key_id, name, digest, scopes, tags, created_at, "
+                        "revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (record.key_id, record.name, record.digest,
+                         json.dumps(sorted(set(record.scopes))),
+                         json.dumps(sorted(set(record.tags))), record.created_at,
+                         record.revoked_at))
+                    outcome = KEY_ADDED
+                elif not hmac.compare_digest(bytes(rows[0][0]), record.digest):
+                    outcome = KEY_CONFLICT
+                elif rows[0][1] is None and record.revoked_at is not None:
+                    await self.db.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ?",
+                                          (record.revoked_at, record.key_id))
+                    outcome = KEY_REVOKED
+                else:
+                    outcome = KEY_UNCHANGED
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+        return outcome
 
     async def is_active(self, key_id: str) -> bool:
         rows = list(await self.db.execute_fetchall(

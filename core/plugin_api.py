@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 
     from sessiongate.core.config.settings import Settings
     from sessiongate.core.gateway import Gateway
-    from sessiongate.core.identity import Identity
+    from sessiongate.core.identity import Identity, KeyRecord, LoginGrant
     from sessiongate.core.metrics import Metrics
     from sessiongate.core.sessions.manager import AdoptionRecord
-    from sessiongate.core.sessions.session import Session
+    from sessiongate.core.sessions.session import EndedSession, Session
     from sessiongate.core.streaming.events import Subscription
     from sessiongate.v1 import worker_pb2
 
@@ -87,11 +87,15 @@ class GatewayAPI:
         await self._gateway.sessions.close(session, reason)
 
     def attach_internal(self, session: Session, consumer: InternalConsumer,
-                        name: str | None = None) -> Subscription | None:
+                        name: str | None = None, *, skip: bool = False) -> Subscription | None:
         """Feed ``consumer`` the session's events through an internal subscription (it
-        never counts toward caps, leases or attachment), run as a task the session owns.
-        None if the session cannot take subscribers (it is ending)."""
-        return self._gateway.sessions.attach_internal(session, consumer, name)
+        never counts toward caps, leases or attachment, and never paces the worker), run
+        as a task the session owns. None if the session cannot take subscribers (it is
+        ending). More than ``events.queue_capacity`` events behind, it is disconnected
+        (``next`` raises ``ResourceExhausted``); with ``skip``, it skips ahead instead and
+        reads a ``SLOW_SUBSCRIBER`` gap naming what it missed (a mirror that must live
+        as long as its session)."""
+        return self._gateway.sessions.attach_internal(session, consumer, name, skip=skip)
 
     def distributor_options(self, session: Session, **extra: Any) -> dict[str, Any]:
         """The keyword arguments a :class:`~sessiongate.core.streaming.events.Distributor`
@@ -174,3 +178,106 @@ class GatewayAPI:
         ``window`` seconds, and is stopped). ``on_frame`` gets its adopt and history
         frames. ``sg_session_adopted`` fires on success."""
         return await self._gateway.sessions.adopt(record, window=window, on_frame=on_frame)
+
+    # -- cluster: several gateways as one (mechanisms for the cluster plugin) -------------
+
+    @property
+    def node_address(self) -> str:
+        """This gateway's gRPC address as other nodes' clients dial it ("" when it is not
+        part of a cluster); ``ListSessions`` shows it as the ``node`` of local sessions."""
+        return self._gateway.node_address
+
+    @node_address.setter
+    def node_address(self, address: str) -> None:
+        self._gateway.node_address = address
+
+    def set_degraded(self, component: str, reason: str | None) -> None:
+        """Say that ``component`` (a plugin's name) works in a degraded way (``reason``:
+        one line for people, never a secret), or no longer (``None``). While any
+        component is degraded, ``/readyz`` answers 503 naming each; calls are still
+        served."""
+        if reason is None:
+            self._gateway.degraded.pop(component, None)
+        else:
+            self._gateway.degraded[component] = reason
+
+    async def key_records(self, key_id: str | None = None) -> list[KeyRecord]:
+        """Every API key of the key store (or the one named) as a
+        :class:`~sessiongate.core.identity.KeyRecord`: id, name, the secret's digest
+        (never the secret), scopes, tags, times. For replicating keys to other nodes."""
+        return await self._gateway.keys.records(key_id)
+
+    async def apply_key_record(self, record: KeyRecord) -> str:
+        """Bring a key another node holds into the local key store (kept on disk: it
+        verifies while the other node or the network is away). A new key is added, a
+        revocation applied; a revoked key stays revoked. The key is accepted, or refused,
+        from the moment this returns. ``sg_key_created`` / ``sg_key_revoked`` then fire
+        here as for a local change.
+
+        :returns: ``added``, ``revoked``, ``unchanged`` or ``conflict`` (a local key of the
+            same id with another digest: left alone).
+        """
+        return await self._gateway.keys.apply(record)
+
+    def end_streams_of_key(self, key_id: str, message: str) -> int:
+        """End every live client stream authenticated by API key ``key_id`` with
+        ``UNAUTHENTICATED`` (``message``: for people); returns how many. For applying a
+        revocation that arrived from elsewhere at once (the acl plugin's own watcher ends
+        them too, at its interval)."""
+        from sessiongate.core.errors import Unauthenticated
+
+        ended = 0
+        for session in list(self._gateway.sessions.live.values()):
+            for sub in session.subscriptions():
+                identity = sub.identity
+                if (not sub.external or sub.ended or identity is None
+                        or identity.kind != "api_key" or identity.key_id != key_id):
+                    continue
+                if sub.end(Unauthenticated(message), reason="key revoked"):
+                    ended += 1
+                session.unsubscribe(sub, "key revoked")
+        return ended
+
+    # -- sign-in for web front ends (mechanisms the dashboard plugin uses) ----------------
+
+    async def login(self, username: str, password: str, peer: str) -> LoginGrant | None:
+        """Check a person's username and password as the ``Login`` RPC does
+        (``sg_login``): a grant, or None when no plugin offers logins.
+
+        :param peer: the client's address in gRPC's form (``ipv4:192.0.2.7:5312``,
+            ``ipv6:[2001:db8::1]:5312``), for the per-client limits.
+        :raises Unauthenticated: wrong username or password.
+        :raises ResourceExhausted: too many failures (``retry_after`` set) or logins.
+        :raises Unavailable: the directory cannot answer now.
+        """
+        return await self._gateway.hooks.decide("sg_login", username=username,
+                                                password=password, peer=peer)
+
+    async def authenticate_credential(self, credential: str) -> Identity:
+        """Who holds ``credential`` (a sign-in token or an API key), checked as a call's
+        bearer credential is (``sg_authenticate``, else the key store).
+
+        :raises Unauthenticated: unknown, revoked, expired or malformed.
+        """
+        return await self._gateway.authenticate([("authorization", f"Bearer {credential}")])
+
+    async def revoke_credential(self, credential: str) -> bool:
+        """Revoke a sign-in credential at once (``sg_revoke_credential``): True if a plugin
+        revoked it; False if none could (an API key: revoke those with ``sessiongate keys
+        revoke``)."""
+        return bool(await self._gateway.hooks.decide("sg_revoke_credential",
+                                                     credential=credential))
+
+    async def is_allowed(self, identity: Identity, action: str,
+                         session: Session | EndedSession | None) -> bool:
+        """May ``identity`` do ``action`` on ``session``, as the gRPC API decides it
+        (``sg_authorize``; counted in ``authz_decisions``)? A plugin that fails to
+        decide refuses (fail closed). Ask for ``list`` when filtering what to show (a
+        refusal is not a denial then), for the action itself before doing it."""
+        from sessiongate.core.errors import GatewayError
+
+        try:
+            await self._gateway.authorize(identity, action, session)
+        except GatewayError:
+            return False
+        return True

@@ -1,13 +1,13 @@
-"""The key-revocation watcher: tells plugins (``sg_key_revoked``) of API keys revoked
-while the gateway runs.
+"""The key watcher: tells plugins of API keys revoked (``sg_key_revoked``) and created
+(``sg_key_created``) while the gateway runs.
 
 Keys are revoked by ``sessiongate keys revoke`` in another process, straight into the
-shared key store (``state_dir/keys.sqlite3``), so the gateway has to look. About once
+shared key store (``state_dir/keys.sqlite3``), so the gateway has to look. Four times
 a second the watcher asks SQLite whether the store changed since its last look
 (``PRAGMA data_version`` for other connections' commits, ``total_changes`` for the
 gateway's own): two integers, no query. Only when it did are the keys listed, and each
-key newly seen revoked is announced once. Keys revoked before the gateway started are
-known at start and never announced.
+key newly seen revoked, or newly seen at all, is announced once. Keys created or
+revoked before the gateway started are known at start and never announced.
 """
 
 from __future__ import annotations
@@ -24,17 +24,22 @@ __all__ = ["CHECK_INTERVAL_SECONDS", "RevocationWatcher", "watch_revocations"]
 log = logging.getLogger("sessiongate.gateway")
 
 #: how often the key store is looked at (a look that finds it unchanged costs two
-#: pragmas on the store's connection)
-CHECK_INTERVAL_SECONDS = 1.0
+#: pragmas on the store's connection): a revocation reaches plugins, and through the
+#: cluster plugin other gateways, well within a second
+CHECK_INTERVAL_SECONDS = 0.25
 
 
 class RevocationWatcher:
-    """Finds keys revoked since the last look; ``announce(key_id)`` is awaited for each."""
+    """Finds keys revoked since the last look; ``announce(key_id)`` is awaited for each
+    (and ``announce_created(key_id)`` for each key created since, when given)."""
 
-    def __init__(self, keys: KeyStore, announce: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(self, keys: KeyStore, announce: Callable[[str], Awaitable[None]],
+                 announce_created: Callable[[str], Awaitable[None]] | None = None) -> None:
         self._keys = keys
         self._announce = announce
+        self._announce_created = announce_created
         self._revoked: set[str] = set()
+        self._known: set[str] = set()
         self._version: tuple[int, int] | None = None
 
     async def _store_version(self) -> tuple[int, int]:
@@ -44,9 +49,11 @@ class RevocationWatcher:
         return int(rows[0][0]), db.total_changes
 
     async def prime(self) -> None:
-        """Learn the keys revoked already (not announced)."""
+        """Learn the keys and the revocations there are already (not announced)."""
         self._version = await self._store_version()
-        self._revoked = {k["key_id"] for k in await self._keys.list() if k["revoked"]}
+        keys = await self._keys.list()
+        self._known = {k["key_id"] for k in keys}
+        self._revoked = {k["key_id"] for k in keys if k["revoked"]}
 
     async def check_once(self) -> list[str]:
         """Announce the keys revoked since the last look; returns their ids."""
@@ -54,9 +61,16 @@ class RevocationWatcher:
         if version == self._version:
             return []
         self._version = version
-        revoked = {k["key_id"] for k in await self._keys.list() if k["revoked"]}
+        keys = await self._keys.list()
+        known = {k["key_id"] for k in keys}
+        created = [k["key_id"] for k in keys if k["key_id"] not in self._known]
+        self._known = known
+        revoked = {k["key_id"] for k in keys if k["revoked"]}
         new = sorted(revoked - self._revoked)
         self._revoked = revoked
+        if self._announce_created is not None:
+            for key_id in created:
+                await self._announce_created(key_id)
         for key_id in new:
             log.info("API key %s has been revoked", key_id)
             await self._announce(key_id)
@@ -76,12 +90,15 @@ class RevocationWatcher:
 
 async def watch_revocations(keys: KeyStore, hooks: Any) -> Coroutine[Any, Any, None]:
     """A primed watcher's loop, to run as a task the gateway owns: each revoked key
-    fires ``sg_key_revoked`` (through ``hooks``, the gateway's
-    :class:`~sessiongate.core.pluginhost.host.Hooks`)."""
+    fires ``sg_key_revoked``, each created key ``sg_key_created`` (through ``hooks``, the
+    gateway's :class:`~sessiongate.core.pluginhost.host.Hooks`)."""
 
     async def announce(key_id: str) -> None:
         await hooks.notify("sg_key_revoked", key_id=key_id)
 
-    watcher = RevocationWatcher(keys, announce)
+    async def announce_created(key_id: str) -> None:
+        await hooks.notify("sg_key_created", key_id=key_id)
+
+    watcher = RevocationWatcher(keys, announce, announce_created)
     await watcher.prime()
     return watcher.run()

@@ -248,7 +248,7 @@ def rst_to_md(text: str) -> str:
 
 
 HOOK_CALLERS = frozenset({"notify", "notify_sync", "veto", "decide", "collect",
-                          "collect_by_plugin"})
+                          "collect_by_plugin", "gather"})
 
 
 def _package_files(package: str) -> list[tuple[str, pathlib.Path]]:

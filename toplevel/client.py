@@ -9,6 +9,12 @@ gateway ended because it shut down raises :class:`GatewayShutdown` when
 ``follow_restarts=False`` (the CLI's default); with ``True`` it is resumed like any
 other break, which carries it across a restart with the reattach plugin.
 
+With several gateways in a cluster (the cluster plugin), a call for a session another
+node holds is refused ``FAILED_PRECONDITION`` with trailing metadata
+``sessiongate-node: <address>``; every call of this client that names a session
+(``get``, ``invoke``, ``close``, ``stream``/``follow``) follows it once, to that
+address, with the same key and TLS settings.
+
     async with connect("127.0.0.1:50551", key) as gw:
         sid = (await gw.open(client_name="app")).session_id
         async for item in gw.follow(sid):
@@ -21,17 +27,18 @@ import contextlib
 import json
 import random
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NamedTuple
 
 import grpc
 
 from sessiongate.core.config.tls import TlsFileError, client_tls
-from sessiongate.core.errors import SHUTDOWN_MESSAGE
+from sessiongate.core.errors import NODE_METADATA, SHUTDOWN_MESSAGE
 from sessiongate.v1 import gateway_pb2, gateway_pb2_grpc
 
 __all__ = ["GapNotice", "GatewayClient", "GatewayShutdown", "Reconnecting", "TlsFileError",
-           "connect", "info_dict", "info_json", "is_gateway_shutdown", "tls_credentials"]
+           "connect", "info_dict", "info_json", "is_gateway_shutdown", "redirect_target",
+           "tls_credentials"]
 
 #: Codes after which resuming can succeed (the gateway or the connection went away,
 #: or this subscriber overflowed and may resume from where it was).
@@ -46,6 +53,21 @@ ENDED_STATES = (gateway_pb2.CLOSED, gateway_pb2.FAULTED)
 Metadata = Sequence[tuple[str, str]]
 #: How a gateway that shuts down ends streams and refuses calls (UNAVAILABLE).
 SHUTDOWN_DETAILS = re.compile(re.escape(SHUTDOWN_MESSAGE))
+
+
+#: gateway nodes a client keeps a channel to at most (redirects, see ``redirect_target``)
+MAX_NODE_CHANNELS = 64
+
+
+def redirect_target(error: grpc.aio.AioRpcError) -> str | None:
+    """The gateway node a refused call should go to (its ``sessiongate-node`` trailer on
+    ``FAILED_PRECONDITION``), or None."""
+    if error.code() != grpc.StatusCode.FAILED_PRECONDITION:
+        return None
+    for key, value in error.trailing_metadata() or ():
+        if key == NODE_METADATA and isinstance(value, str) and value:
+            return value
+    return None
 
 
 def is_gateway_shutdown(code: grpc.StatusCode, details: str | None) -> bool:
@@ -109,10 +131,49 @@ def info_json(info: Any) -> str:
 
 
 class GatewayClient:
-    def __init__(self, channel: grpc.aio.Channel, key: str) -> None:
+    """Calls to one gateway (``channel``) with one key.
+
+    :param dial: opens a channel to another gateway node's address, to follow a
+        ``sessiongate-node`` redirect (default: plaintext); :func:`connect` passes one with
+        its own TLS settings. The channels it opens are closed by :meth:`close_nodes`.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, key: str, *,
+                 dial: Callable[[str], grpc.aio.Channel] | None = None) -> None:
         self.channel = channel
         self.stub = gateway_pb2_grpc.GatewayStub(channel)
         self.metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        self._dial = dial or grpc.aio.insecure_channel
+        self._nodes: dict[str, tuple[grpc.aio.Channel, gateway_pb2_grpc.GatewayStub]] = {}
+
+    def _stub(self, node: str) -> gateway_pb2_grpc.GatewayStub:
+        """The stub of gateway node ``node`` ("" : this client's gateway)."""
+        if not node:
+            return self.stub
+        known = self._nodes.get(node)
+        if known is None:
+            if len(self._nodes) >= MAX_NODE_CHANNELS:
+                raise ValueError(f"more than {MAX_NODE_CHANNELS} gateway nodes redirected to")
+            channel = self._dial(node)
+            known = self._nodes[node] = (channel, gateway_pb2_grpc.GatewayStub(channel))
+        return known[1]
+
+    async def close_nodes(self) -> None:
+        """Close the channels opened to follow redirects."""
+        nodes, self._nodes = self._nodes, {}
+        for channel, _stub in nodes.values():
+            await channel.close()
+
+    async def _on_session(self, method: str, request: Any, metadata: Metadata = ()) -> Any:
+        """A unary call about one session, following a ``sessiongate-node`` redirect once."""
+        metadata = (*self.metadata, *metadata)
+        try:
+            return await getattr(self.stub, method)(request, metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            node = redirect_target(exc)
+            if node is None:
+                raise
+        return await getattr(self._stub(node), method)(request, metadata=metadata)
 
     async def open(self, *, client_name: str = "", backend: str = "", tag: str = "",
                    lease_seconds: int = 0) -> Any:
@@ -121,12 +182,12 @@ class GatewayClient:
             metadata=self.metadata)
 
     async def close(self, session_id: str) -> Any:
-        return await self.stub.CloseSession(
-            gateway_pb2.CloseSessionRequest(session_id=session_id), metadata=self.metadata)
+        return await self._on_session(
+            "CloseSession", gateway_pb2.CloseSessionRequest(session_id=session_id))
 
     async def get(self, session_id: str) -> Any:
-        return await self.stub.GetSession(
-            gateway_pb2.GetSessionRequest(session_id=session_id), metadata=self.metadata)
+        return await self._on_session(
+            "GetSession", gateway_pb2.GetSessionRequest(session_id=session_id))
 
     async def list(self) -> list[Any]:
         response = await self.stub.ListSessions(gateway_pb2.ListSessionsRequest(),
@@ -138,9 +199,9 @@ class GatewayClient:
         """Run ``command`` in the session's worker. ``metadata``: extra call metadata
         (``x-request-id``, ``x-session-*``: the gateway forwards those to the worker;
         the activity plugin reads its ``x-session-track`` headers)."""
-        response = await self.stub.Invoke(gateway_pb2.InvokeRequest(
+        response = await self._on_session("Invoke", gateway_pb2.InvokeRequest(
             session_id=session_id, command=command, payload=payload, timeout_ms=timeout_ms),
-            metadata=(*self.metadata, *metadata))
+            metadata)
         return response.payload
 
     async def invoke_json(self, session_id: str, command: str, payload: Any = None, *,
@@ -156,13 +217,17 @@ class GatewayClient:
 
     def stream(self, session_id: str, *, after_sequence: int | None = None,
                subscriber_id: str = "", max_batch: int = 0, on_overflow: int = 0,
-               metadata: Metadata = ()) -> Any:
+               metadata: Metadata = (), node: str = "") -> Any:
+        """The raw ``StreamEvents`` call (:meth:`follow` follows redirects and resumes).
+
+        :param node: the gateway node to call (a redirect's address); "": this client's.
+        """
         request = gateway_pb2.StreamEventsRequest(
             session_id=session_id, subscriber_id=subscriber_id, max_batch=max_batch,
             on_overflow=on_overflow)
         if after_sequence is not None:
             request.after_sequence = after_sequence
-        return self.stub.StreamEvents(request, metadata=(*self.metadata, *metadata))
+        return self._stub(node).StreamEvents(request, metadata=(*self.metadata, *metadata))
 
     async def _ended(self, session_id: str) -> bool:
         try:
@@ -218,9 +283,10 @@ class GatewayClient:
         delay = initial_delay
         broken_for = 0.0
         resuming = False
+        node = ""  # the gateway node holding the session, once redirected (once)
         while True:
             call = self.stream(session_id, subscriber_id=subscriber_id,
-                               after_sequence=cursor if resume_first else None)
+                               after_sequence=cursor if resume_first else None, node=node)
             try:
                 async for response in call:
                     live_fallback = False
@@ -243,6 +309,10 @@ class GatewayClient:
                         yield batch
                 return  # the session closed: the stream ended OK
             except grpc.aio.AioRpcError as exc:
+                redirect = None if node else redirect_target(exc)
+                if redirect is not None:
+                    node = redirect
+                    continue
                 if live_fallback and exc.code() in RESUME_REFUSED:
                     live_fallback = resume_first = False
                     continue
@@ -308,5 +378,13 @@ async def connect(target: str, key: str, *, ca_file: str | None = None,
         credentials = tls_credentials(ca_file, cert_file, key_file)
     channel = (grpc.aio.secure_channel(target, credentials) if credentials is not None
                else grpc.aio.insecure_channel(target))
+    def dial(node: str) -> grpc.aio.Channel:
+        return (grpc.aio.secure_channel(node, credentials) if credentials is not None
+                else grpc.aio.insecure_channel(node))
+
     async with channel:
-        yield GatewayClient(channel, key)
+        client = GatewayClient(channel, key, dial=dial)
+        try:
+            yield client
+        finally:
+            await client.close_nodes()

@@ -213,19 +213,27 @@ async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Async
     finally:
         for handle in reversed(handles):
             await handle.stop()
-            # Released workers (reattach) are still our children: end them by pid (their
-            # Popen is disowned: it no longer signals) and reap them through asyncio.
+            # Released workers (reattach) are still our children: end and reap them.
             for worker in list(handle.gateway.sessions.released):
-                proc = worker.process
-                if proc is not None and proc.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(proc.pid, signal.SIGKILL)
-                    await proc.wait()
+                if worker.process is not None:
+                    await end_released_worker(worker.process)
         # With reattach on, a graceful stop leaves workers running for the next gateway
         # on this state dir; no test wants them to outlive it.
         from sessiongate.core.workers.terminator import home_marker, terminate_leftovers
 
         await terminate_leftovers(home_marker(tmp_path / "state"))
+
+
+async def end_released_worker(process: asyncio.subprocess.Process,
+                              timeout: float = 30.0) -> None:
+    """Kill a worker this gateway released (reattach) and reap it through asyncio.
+
+    A released worker's ``Popen`` is disowned (core/workers/handle.py): ``kill()`` on
+    it sends nothing, so the signal goes by pid; asyncio's watcher still reaps it."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+    await asyncio.wait_for(process.wait(), timeout)
 
 
 #: the gateway's log lines that say where it listens: gRPC first, then the side port

@@ -195,14 +195,24 @@ class Hooks:
 
     async def notify(self, name: str, **kwargs: Any) -> None:
         """Observer, maybe-async: awaited in order; failures logged and ignored."""
+        await self.gather(name, **kwargs)
+
+    async def gather(self, name: str, **kwargs: Any) -> list[Any]:
+        """Observer, maybe-async, with results: every non-None result, awaited in order;
+        a raising implementation is logged and left out."""
         kwargs = self._kwargs(name, kwargs)
+        results = []
         for impl in self._impls(name):
             try:
-                await self._one_awaited(impl, name, kwargs)
+                result = await self._one_awaited(impl, name, kwargs)
             except CoreHookError:
                 raise
             except Exception:
                 self._failed(impl, name, kwargs, "ignored")
+                continue
+            if result is not None:
+                results.append(result)
+        return results
 
     async def veto(self, name: str, **kwargs: Any) -> None:
         """Veto, maybe-async: a GatewayError refuses; any other exception fails closed."""

@@ -33,8 +33,10 @@ from sessiongate.core.errors import (
     FailedPrecondition,
     GatewayError,
     InvalidArgument,
+    NotFound,
     OutOfRange,
     StartupError,
+    WrongNode,
 )
 from sessiongate.core.gateway import Gateway
 from sessiongate.core.http import HttpServer
@@ -82,10 +84,13 @@ def _status(code: str) -> grpc.StatusCode:
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: GatewayError) -> None:
-    """End the call with ``exc``'s status and message (and its ``retry-after`` hint)."""
+    """End the call with ``exc``'s status and message (and its ``retry-after`` hint and
+    other trailers, e.g. ``sessiongate-node``)."""
+    trailers = exc.trailers
     if exc.retry_after is not None:
-        context.set_trailing_metadata(
-            (("retry-after", str(max(1, math.ceil(exc.retry_after)))),))
+        trailers = (("retry-after", str(max(1, math.ceil(exc.retry_after)))), *trailers)
+    if trailers:
+        context.set_trailing_metadata(trailers)
     await context.abort(_status(exc.code), exc.message)
 
 
@@ -173,7 +178,14 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
 
     async def _session(self, identity: Identity, session_id: str,
                        action: str) -> Session | EndedSession:
-        session = self.sessions.get(session_id)
+        try:
+            session = self.sessions.get(session_id)
+        except NotFound:
+            # -- cluster: a session another gateway node holds (sg_locate_session) --
+            node = await self.gateway.hooks.decide("sg_locate_session", session_id=session_id)
+            if node:
+                raise WrongNode(session_id, str(node)) from None
+            raise
         await self.gateway.authorize(identity, action, session)
         return session
 
@@ -198,6 +210,18 @@ class GatewayService(gateway_pb2_grpc.GatewayServicer):
     async def ListSessions(self, request: Any, context: Any, identity: Identity) -> Any:
         visible = [s.info() for s in list(self.sessions.live.values())
                    if await self.gateway.visible(identity, s, "list")]
+        # -- cluster: every node's sessions (sg_list_remote_sessions), with their node --
+        node = self.gateway.node_address
+        for info in visible:
+            info.node = node
+        listed = {info.session_id for info in visible}
+        for remote in await self.gateway.hooks.gather("sg_list_remote_sessions",
+                                                      identity=identity):
+            for session in remote:
+                if session.session_id not in listed and \
+                        await self.gateway.visible(identity, session, "list"):
+                    listed.add(session.session_id)
+                    visible.append(session.info())
         return gateway_pb2.ListSessionsResponse(sessions=visible)
 
     @unary
@@ -480,6 +504,9 @@ class GrpcServer:
             return "starting: the gateway is loading its state"
         if not self._serving:
             return "starting: the gRPC server does not accept calls yet"
+        if self.gateway.degraded:  # GatewayAPI.set_degraded
+            return "degraded: " + "; ".join(f"{component}: {why}" for component, why
+                                            in sorted(self.gateway.degraded.items()))
         return None
 
     async def start(self) -> str:

@@ -366,6 +366,7 @@ class SessionManager:
         if record.session_id in self.live:
             log.warning("session %s is live already; not adopted again", record.session_id)
             self.metrics.inc("session_adoptions", outcome="already_live")
+            await self._adoption_failed(record, "already_live")
             return None
         proc = terminator.our_worker(record.pid, record.create_time, record.session_id,
                                      self.home)
@@ -375,6 +376,7 @@ class SessionManager:
                         record.session_id, record.pid,
                         "another process now" if outcome == "pid_mismatch" else "gone")
             self.metrics.inc("session_adoptions", outcome=outcome)
+            await self._adoption_failed(record, outcome)
             return None
         session = Session(session_id=record.session_id, owner_key_id=record.owner_key_id,
                           client_name=record.client_name, backend=record.backend,
@@ -406,12 +408,17 @@ class SessionManager:
                         "stopped", record.session_id, record.pid, window, outcome)
             self.metrics.inc("session_adoptions", outcome=outcome)
             await terminator.stop_foreign(proc, 0.0)
+            await self._adoption_failed(record, outcome)
             return None
         self.metrics.inc("session_adoptions", outcome="adopted")
         self._became_ready(session, "worker re-adopted")
         await self.hooks.notify("sg_session_adopted", session=session)
         self._start_internal_subscribers(session)
         return session
+
+    async def _adoption_failed(self, record: AdoptionRecord, outcome: str) -> None:
+        """Tell plugins (alarms, dashboards) that a released worker was not adopted."""
+        await self.hooks.notify("sg_session_adoption_failed", record=record, outcome=outcome)
 
     def _became_ready(self, session: Session, reason: str) -> None:
         """Its worker is Ready: READY (the caller counts and announces it)."""
@@ -425,11 +432,13 @@ class SessionManager:
                 self.attach_internal(session, consumer)
 
     def attach_internal(self, session: Session, consumer: Any,
-                        name: str | None = None) -> Subscription | None:
+                        name: str | None = None, *, skip: bool = False) -> Subscription | None:
         """Feed ``consumer(session, subscription)`` from an internal subscription, as a
-        task the session owns; the subscription ends when the consumer returns."""
+        task the session owns; the subscription ends when the consumer returns.
+        ``skip``: one that falls behind skips ahead with a ``SLOW_SUBSCRIBER`` gap
+        instead of being disconnected (internal subscriptions never pace the worker)."""
         name = name or getattr(consumer, "__name__", "internal")
-        sub = Subscription(kind=name, external=False)
+        sub = Subscription(kind=name, external=False, skip=skip)
         try:
             session.subscribe(sub)
         except Exception:

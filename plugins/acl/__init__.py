@@ -15,7 +15,8 @@ Switched by ``plugins.acl.enabled`` (default on). With it on:
   accepted as ``authorization: Bearer <token>``; directory groups grant the admin
   scope (``admin_groups``) and tags (``group_tags``). Logins are limited (threads
   in flight, failures per username and per client address, with backoff); every
-  token is recorded and can be revoked alone (``sessiongate tokens revoke ID``).
+  token is recorded and can be revoked alone (``sessiongate tokens revoke ID``, or by
+  its holder signing out: ``sg_revoke_credential``).
 
 Module layout: :mod:`.rules` (settings), :mod:`.policy` (the decision, pure),
 :mod:`.tokens` (JWTs), :mod:`.tokenstore` (issued and revoked tokens),
@@ -137,6 +138,14 @@ async def sg_authenticate(gateway: GatewayAPI, credential: str) -> Identity | No
     if runtime is None:
         raise Unauthenticated("sign-in tokens are not accepted: the acl plugin did not start")
     return await runtime.authenticate(credential)
+
+
+@hookimpl
+async def sg_revoke_credential(gateway: GatewayAPI, credential: str) -> bool | None:
+    if not is_ours(credential):
+        return None  # an API key, or another plugin's token
+    runtime = runtime_of(gateway)
+    return False if runtime is None else await runtime.revoke_credential(credential)
 
 
 @hookimpl

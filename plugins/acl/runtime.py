@@ -30,7 +30,13 @@ import time
 from typing import TYPE_CHECKING
 
 from sessiongate.core import LoginGrant, StashKey
-from sessiongate.core.errors import GatewayError, ResourceExhausted, Unauthenticated, Unavailable
+from sessiongate.core.errors import (
+    GatewayError,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
 
 from . import policy
 from .limits import FailureBackoff, LoginThreads, client_address
@@ -261,6 +267,23 @@ class AclRuntime:
         return minted
 
     # -- revocation ------------------------------------------------------------------------
+
+    async def revoke_credential(self, credential: str) -> bool:
+        """Sign-out (``sg_revoke_credential``): revoke the token ``credential`` itself.
+
+        It is verified first, so only its holder can revoke it; an expired or invalid
+        token has nothing left to revoke (False). Its live streams end at the next
+        revocation check, like those of ``sessiongate tokens revoke``.
+        """
+        if self.tokens is None or self.store is None:
+            return False
+        try:
+            identity = self.tokens.verify(credential)
+            await self.store.revoke(identity.token_id)
+        except (Unauthenticated, NotFound):
+            return False
+        log.info("acl: sign-in token %s revoked by its holder (signed out)", identity.token_id)
+        return True
 
     async def _watch(self) -> None:
         while True:

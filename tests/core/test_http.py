@@ -222,6 +222,17 @@ class Routes:
         return self.routes
 
 
+#: a test plugin allowed at the root, as the dashboard is (the real dashboard's name is
+#: taken: installed and off, it is blocked)
+ROOT_PLUGIN = "frontpage"
+
+
+def _root_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sessiongate.core.http import server
+
+    monkeypatch.setattr(server, "ROOT_PLUGINS", frozenset({ROOT_PLUGIN}))
+
+
 async def _hello(request: web.Request) -> web.Response:
     return web.Response(text="hello\n")
 
@@ -235,13 +246,15 @@ async def _forbidden(request: web.Request) -> web.Response:
 
 
 @pytest.mark.asyncio
-async def test_plugin_routes_live_under_their_prefix_and_fail_alone(make_gateway, caplog):
+async def test_plugin_routes_live_under_their_prefix_and_fail_alone(make_gateway, caplog,
+                                                                   monkeypatch):
     caplog.set_level(logging.INFO, logger="sessiongate.http")
+    _root_plugin(monkeypatch)
     reports = Routes("reports", [web.get("/status", _hello), web.get("/boom", _boom),
                                  web.get("/forbidden", _forbidden)])
-    dashboard = Routes("dashboard", [web.get("/", _hello), web.get("/crash", _boom)])
+    front = Routes(ROOT_PLUGIN, [web.get("/", _hello), web.get("/crash", _boom)])
     broken = Routes("broken", [42])
-    gw = await make_gateway(extra_plugins=(reports, dashboard, broken))
+    gw = await make_gateway(extra_plugins=(reports, front, broken))
     address = gw.http_address
     assert await http_get(address, "/plugins/reports/status") == (200, "hello\n")
     assert (await http_get(address, "/status"))[0] == 404  # never at the root
@@ -252,10 +265,10 @@ async def test_plugin_routes_live_under_their_prefix_and_fail_alone(make_gateway
     assert failed.getMessage() == "plugin reports failed on GET /plugins/reports/boom"
     assert failed.exc_info is not None  # the traceback is in the log, not the answer
 
-    # a built-in plugin allowed at the root (the dashboard)
+    # a built-in plugin allowed at the root (as the dashboard is)
     assert await http_get(address, "/") == (200, "hello\n")
     assert await http_get(address, "/crash") == (
-        500, "internal error in plugin dashboard (see the gateway log)\n")
+        500, f"internal error in plugin {ROOT_PLUGIN} (see the gateway log)\n")
     # routes that cannot be added are left out, named in the log; the rest is served
     assert any(m.startswith("plugin broken: its HTTP routes could not be added")
                for m in caplog.messages)
@@ -263,11 +276,12 @@ async def test_plugin_routes_live_under_their_prefix_and_fail_alone(make_gateway
 
 
 @pytest.mark.asyncio
-async def test_a_plugin_cannot_take_core_s_paths(make_gateway, caplog):
-    greedy = Routes("dashboard", [web.get("/", _hello), web.get("/metrics", _hello)])
+async def test_a_plugin_cannot_take_core_s_paths(make_gateway, caplog, monkeypatch):
+    _root_plugin(monkeypatch)
+    greedy = Routes(ROOT_PLUGIN, [web.get("/", _hello), web.get("/metrics", _hello)])
     gw = await make_gateway(extra_plugins=(greedy,))
-    assert any(m == "plugin dashboard: its HTTP routes could not be added; the side port "
-               "serves without them" for m in caplog.messages)
+    assert any(m == f"plugin {ROOT_PLUGIN}: its HTTP routes could not be added; the side "
+               "port serves without them" for m in caplog.messages)
     status, text = await http_get(gw.http_address, "/metrics")
     assert status == 200 and text.startswith("# HELP sessiongate_")
     assert (await http_get(gw.http_address, "/"))[0] == 404  # all of its routes, or none

@@ -40,7 +40,14 @@ from sessiongate.core.metrics import (
     histogram,
 )
 from sessiongate.core.sessions.session import SessionState
-from sessiongate.testing import http_get, open_streaming, rpc_error, stream_end, wait_for
+from sessiongate.testing import (
+    end_released_worker,
+    http_get,
+    open_streaming,
+    rpc_error,
+    stream_end,
+    wait_for,
+)
 from sessiongate.v1 import gateway_pb2
 
 from ..platform.test_hooks_contract import plugin, releasing_plugin, without_reattach
@@ -50,7 +57,7 @@ TIMEOUT = 30.0
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 #: the built-in plugins whose metrics this file moves (acl's, activity's and
 #: webhooks' are their own tests' business)
-PLUGINS = ("fanout", "reconnect", "reattach")
+PLUGINS = ("fanout", "reconnect", "reattach", "dashboard")
 SWITCHES = {f"SESSIONGATE_PLUGINS__{name.upper()}__ENABLED": "true"
             for name in ("fanout", "reconnect", "reattach")}
 
@@ -136,6 +143,13 @@ MOVED = {
     "reattach_recoveries": "test_reattach_counts_its_recoveries",
     "reattach_orphan_dropped_events": "test_reattach_counts_its_recoveries",
     "reattach_history_events": "test_reattach_counts_its_recoveries",
+    # the dashboard plugin's
+    "dashboard_logins": "test_the_dashboard_counts_its_own",
+    "dashboard_requests_refused": "test_the_dashboard_counts_its_own",
+    "dashboard_pages_dropped": "test_the_dashboard_counts_its_own",
+    "dashboard_pages_cut_off": "test_the_dashboard_counts_its_own",
+    "dashboard_live_pages": "test_the_dashboard_counts_its_own",
+    "dashboard_alarms": "test_the_dashboard_counts_its_own",
 }
 
 
@@ -508,9 +522,7 @@ async def test_adoption_outcomes_are_counted(make_gateway, monkeypatch, short_tm
         await b.client(a.admin_key).close(kept.session_id)
     finally:
         for process in processes:
-            if process.returncode is None:
-                process.kill()
-            await asyncio.wait_for(process.wait(), TIMEOUT)
+            await end_released_worker(process, TIMEOUT)
 
 
 # -- the built-in plugins' own -------------------------------------------------------------
@@ -581,9 +593,7 @@ async def test_reattach_counts_its_recoveries(make_gateway, monkeypatch):
         assert page.value("sessiongate_session_adoptions_total", outcome="adopted") == 1
         await b.client(a.admin_key).close(sid)
     finally:
-        if worker.returncode is None:
-            worker.kill()
-        await asyncio.wait_for(worker.wait(), TIMEOUT)
+        await end_released_worker(worker, TIMEOUT)
 
 
 def test_the_recent_rate_spans_its_window_and_no_more():
@@ -598,3 +608,57 @@ def test_the_recent_rate_spans_its_window_and_no_more():
         rate.sample(tick * 5.0, 1500.0 + (tick - 30) * 500.0)
     # the window holds the last minute only: the slow start no longer counts
     assert rate.rate(215.0, 8000.0) == pytest.approx(100.0)
+
+
+# -- the dashboard plugin's metrics ------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_the_dashboard_counts_its_own(make_gateway):
+    """Sign-ins (ok, refused), a CSRF refusal, a slow page dropped, a page cut off by a key's
+    revocation, the open pages, and an alarm (a worker that dies faults its session)."""
+    from ..plugins.dashboard.helpers import SlowReader, Web, read_sequences
+
+    gw = await make_gateway(**{
+        "plugins.dashboard.enabled": True, "plugins.dashboard.allow_api_key_login": True,
+        "plugins.fanout.enabled": True, "plugins.acl.enabled": True,
+        "plugins.acl.revocation_check_interval_seconds": 0.2})
+    client = gw.client()
+    key_id, key = await gw.create_key("operator", scopes=("sessions:admin",))
+    web = Web(gw.http_address)
+    slow = None
+    try:
+        status, _, _ = await web.sign_in(api_key="sg_unknown_key")
+        assert status == 401
+        await web.signed_in(api_key=key)
+        status, _, _ = await web.post("/logout", {"csrf_token": "forged"})
+        assert status == 403
+        sid = (await client.open()).session_id
+        slow = await SlowReader.open(gw.http_address, web.cookie().value,
+                                     f"/sessions/{sid}/events")
+        async with web.stream(f"/sessions/{sid}/events") as page:
+            reader = asyncio.create_task(read_sequences(page, 3000))
+            await client.invoke_json(sid, "burst", {"count": 3000, "size": 2000})
+            await asyncio.wait_for(reader, TIMEOUT)
+            await wait_for(lambda: gw.gateway.metrics.get("dashboard_pages_dropped") == 1,
+                           TIMEOUT)
+            await moved(gw, "dashboard_live_pages")
+            await gw.gateway.keys.revoke(key_id)
+            assert (await page.until("denied")).event == "denied"
+        with pytest.raises(grpc.aio.AioRpcError):
+            await client.invoke_json(sid, "fail", {"exit_code": 3})
+        await wait_for(lambda: gw.gateway.metrics.get("dashboard_alarms", kind="fault") == 1,
+                       TIMEOUT)
+    finally:
+        if slow is not None:
+            slow.close()
+        await web.close()
+    page = await moved(gw, "dashboard_logins", "dashboard_requests_refused",
+                       "dashboard_pages_dropped", "dashboard_pages_cut_off",
+                       "dashboard_live_pages", "dashboard_alarms")
+    assert page.value("sessiongate_dashboard_logins_total", outcome="ok") == 1
+    assert page.value("sessiongate_dashboard_logins_total", outcome="refused") == 1
+    assert page.value("sessiongate_dashboard_requests_refused_total", reason="csrf") == 1
+    assert page.value("sessiongate_dashboard_pages_dropped_total") == 1
+    assert page.value("sessiongate_dashboard_pages_cut_off_total", reason="credential") >= 1
+    assert page.value("sessiongate_dashboard_alarms_total", kind="fault") == 1

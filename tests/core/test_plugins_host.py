@@ -62,6 +62,8 @@ OFF = {
     "reattach": {"reattach": False},
     "activity": {"activity": False},
     "webhooks": {"webhooks": False},
+    "dashboard": {"dashboard": False},
+    "cluster": {"cluster": False},
 }
 ON = {
     "fanout": {"fanout": True},
@@ -70,6 +72,13 @@ ON = {
     "reattach": {"reattach": True},
     "activity": {"activity": True},
     "webhooks": {"webhooks": True},
+    "dashboard": {"dashboard": True, "fanout": True},
+    "cluster": {"cluster": True},
+}
+#: the other settings a plugin needs to be switched on validly
+NEEDS = {
+    "dashboard": {"SESSIONGATE_PLUGINS__DASHBOARD__ALLOW_API_KEY_LOGIN": "true"},
+    "cluster": {"SESSIONGATE_PLUGINS__CLUSTER__ADVERTISE_ADDRESS": "127.0.0.1:50551"},
 }
 
 
@@ -84,7 +93,7 @@ def test_disabled_plugin_is_never_imported(tmp_path, name):
 
 @pytest.mark.parametrize("name", sorted(builtin_plugins()))
 def test_enabled_plugin_is_registered(tmp_path, name):
-    seen = _probe(tmp_path, _switches(**ON[name]))
+    seen = _probe(tmp_path, {**_switches(**ON[name]), **NEEDS.get(name, {})})
     assert builtin_plugins()[name] in seen["imported"]
     assert name in seen["registered"]
 

@@ -241,7 +241,8 @@ def test_redaction_helper(clean_env, tmp_path):
 # -- issue 13: bounds, unreadable input, unknown plugins -----------------------------------
 
 ALL_ON = {f"SESSIONGATE_PLUGINS__{name}__ENABLED": "true"
-          for name in ("FANOUT", "RECONNECT", "ACL", "REATTACH", "ACTIVITY", "WEBHOOKS")}
+          for name in ("FANOUT", "RECONNECT", "ACL", "REATTACH", "ACTIVITY", "WEBHOOKS",
+                       "DASHBOARD", "CLUSTER")}
 
 
 def _shipped() -> dict:
@@ -409,7 +410,7 @@ def test_every_unparsable_environment_value_is_listed(clean_env):
 
 
 @pytest.mark.parametrize(("table", "enabled", "suggestion"), [
-    ("fanuot", "false", "fanout"), ("clustr", "true", None), ("reatach", "true", "reattach")])
+    ("fanuot", "false", "fanout"), ("quorum", "true", None), ("reatach", "true", "reattach")])
 def test_a_misspelt_plugin_name_is_refused(clean_env, tmp_path, table, enabled, suggestion):
     config = tmp_path / "typo.toml"
     config.write_text(f"[plugins.{table}]\nenabled = {enabled}\n")
@@ -484,3 +485,15 @@ def test_a_list_given_replaces_the_shipped_list(clean_env, tmp_path):
     settings, _pm = load(None)
     assert list(settings.plugins.webhooks.retry_schedule_seconds) == [
         0, 5, 300, 1800, 7200, 18000, 36000, 36000]
+
+
+def test_a_wrong_secret_setting_is_named_but_not_shown(clean_env):
+    """A secret's value stays out of the error even when it is wrong (it may be nearly
+    right: a password, a URL with one)."""
+    clean_env.setenv("SESSIONGATE_PLUGINS__CLUSTER__ENABLED", "true")
+    clean_env.setenv("SESSIONGATE_PLUGINS__CLUSTER__ADVERTISE_ADDRESS", "127.0.0.1:50551")
+    clean_env.setenv("SESSIONGATE_PLUGINS__CLUSTER__REDIS_URL", "http://:hunter2@db:6379/0")
+    with pytest.raises(SettingsError) as info:
+        load(None)
+    [problem] = [p for p in info.value.problems if p.startswith("plugins.cluster.redis_url")]
+    assert "(a secret, not shown)" in problem and "hunter2" not in str(info.value.problems)

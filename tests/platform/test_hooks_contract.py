@@ -13,7 +13,6 @@ value where the outcome must not depend on the env's plugins.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import inspect
 import json
@@ -38,7 +37,7 @@ from sessiongate.core.plugin_api import GatewayAPI
 from sessiongate.core.pluginhost import host as plugin_host
 from sessiongate.core.sessions.session import SessionState
 from sessiongate.core.streaming.events import Distributor, Subscription
-from sessiongate.testing import http_get, rpc_error, wait_for, write_config
+from sessiongate.testing import end_released_worker, http_get, rpc_error, wait_for, write_config
 from sessiongate.v1 import gateway_pb2
 
 first = hookimpl(tryfirst=True)
@@ -443,12 +442,9 @@ async def release_at_shutdown(make_gateway: Any) -> dict[str, Any]:
 
 
 async def reap(process: Any) -> None:
-    """End a released worker, our child, and reap it through asyncio (so the loop closes
-    its transport); it is gone afterwards."""
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-    await asyncio.wait_for(process.wait(), TIMEOUT)
+    """End a released worker, our child, and reap it through asyncio; it is gone
+    afterwards."""
+    await end_released_worker(process, TIMEOUT)
 
 
 @pytest.mark.asyncio
@@ -994,9 +990,7 @@ async def test_hook_sg_worker_release(make_gateway):
         assert _exists(pids[kept]), "a released worker must be left running"
     finally:
         if kept_process.returncode is None:
-            kept_process.kill()
-            # reaped by this loop, so asyncio closes the process's transport
-            await asyncio.wait_for(kept_process.wait(), TIMEOUT)
+            await end_released_worker(kept_process, TIMEOUT)
             for _ in range(3):
                 await asyncio.sleep(0)
 
@@ -1270,7 +1264,139 @@ async def test_hook_sg_webhook_failed(make_gateway):
         delivery["attempts"] = 2  # type: ignore[index]
 
 
+# -- sign-in and alarms (mechanisms for web front ends: the dashboard) --------------------------
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_revoke_credential(make_gateway):
+    """``GatewayAPI.revoke_credential`` asks each implementation in turn; the first
+    non-None answer wins, and with none answering nothing is revoked (False)."""
+    seen: list[tuple[Any, str]] = []
+    revoked: set[str] = set()
+
+    @first
+    async def sg_revoke_credential(gateway, credential):
+        seen.append((gateway, credential))
+        await asyncio.sleep(0)  # may be async
+        if not credential.startswith("contract-"):
+            return None  # not mine: the next implementation (acl) judges it
+        revoked.add(credential)
+        return True
+
+    assert impl_args(sg_revoke_credential) == spec_args("sg_revoke_credential")
+    gw = await make_gateway(extra_plugins=(plugin(sg_revoke_credential),))
+    api = gw.gateway.api
+    assert await api.revoke_credential("contract-token") is True
+    assert revoked == {"contract-token"}
+    # an API key is nobody's to revoke this way: False, and the key still works
+    assert await api.revoke_credential(gw.admin_key) is False
+    assert (await api.authenticate_credential(gw.admin_key)).is_admin
+    assert seen == [(api, "contract-token"), (api, gw.admin_key)]
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_session_adoption_failed(make_gateway, monkeypatch, short_tmp):
+    """Fired, awaited, when ``GatewayAPI.adopt_session`` returns None: with the record and
+    the ``session_adoptions`` outcome."""
+    from sessiongate.core import AdoptionRecord
+
+    without_reattach(monkeypatch)
+    record = AdoptionRecord(session_id="e" * 32, owner_key_id="k1", client_name="c",
+                            backend="sim", tag="t", lease_seconds=60, pid=2 ** 22 + 4321,
+                            create_time=0.0, socket_path=str(short_tmp / "none.sock"),
+                            nonce_digest=b"\0" * 32)
+    seen: list[tuple[Any, Any, str]] = []
+
+    @first
+    async def sg_startup(gateway):
+        assert await gateway.adopt_session(record, window=1, on_frame=print) is None
+        assert seen, "the hook is awaited before adopt_session returns"
+
+    @first
+    async def sg_session_adoption_failed(gateway, record, outcome):
+        await asyncio.sleep(0)  # may be async
+        seen.append((gateway, record, outcome))
+
+    assert impl_args(sg_session_adoption_failed) == spec_args("sg_session_adoption_failed")
+    gw = await make_gateway(extra_plugins=(plugin(sg_startup, sg_session_adoption_failed),))
+    assert seen == [(gw.gateway.api, record, "gone")]
+    assert gw.gateway.metrics.get("session_adoptions", outcome="gone") == 1
+
+
 # -- the meta-test ---------------------------------------------------------------------------
+
+
+# -- cluster hooks (sg_key_created, sg_locate_session, sg_list_remote_sessions) -------------
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_key_created(make_gateway):
+    """Once per key added while the gateway runs, from core's key watcher task; the keys
+    there were at start (the bootstrap key) are not announced."""
+    seen: list[tuple[Any, str, str]] = []
+    got = asyncio.Event()
+
+    @first
+    async def sg_key_created(gateway, key_id):
+        seen.append((gateway, key_id, asyncio.current_task().get_name()))
+        got.set()
+
+    assert impl_args(sg_key_created) == spec_args("sg_key_created")
+    gw = await make_gateway(extra_plugins=(plugin(sg_key_created),))
+    key_id, _key = await gw.create_key("new")
+    await wait(got)
+    assert seen == [(gw.gateway.api, key_id, "key-revocations")]
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_locate_session(make_gateway):
+    """Asked only for an id unknown here; an address answers FAILED_PRECONDITION naming
+    it, with trailing metadata sessiongate-node; None leaves NOT_FOUND."""
+    asked: list[tuple[Any, str]] = []
+
+    @first
+    def sg_locate_session(gateway, session_id):
+        asked.append((gateway, session_id))
+        return "10.9.8.7:50551" if session_id == "elsewhere" else None
+
+    assert impl_args(sg_locate_session) == spec_args("sg_locate_session")
+    gw = await make_gateway(extra_plugins=(plugin(sg_locate_session),))
+    client = gw.client()
+    sid = (await client.open()).session_id
+    assert (await client.get(sid)).session_id == sid
+    assert asked == []  # a local session: not asked
+    error = await rpc_error(client.stub.Invoke(gateway_pb2.InvokeRequest(
+        session_id="elsewhere", command="echo"), metadata=client.metadata))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "10.9.8.7:50551" in error.details()
+    assert ("sessiongate-node", "10.9.8.7:50551") in tuple(error.trailing_metadata())
+    error = await rpc_error(client.get("nowhere"))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert asked == [(gw.gateway.api, "elsewhere"), (gw.gateway.api, "nowhere")]
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_list_remote_sessions(make_gateway):
+    """Once per ListSessions, with the caller; the sessions returned are authorized like
+    local ones (action list) and listed with their node."""
+    from sessiongate.core import RemoteSession
+
+    seen: list[tuple[Any, str]] = []
+
+    @first
+    async def sg_list_remote_sessions(gateway, identity):
+        seen.append((gateway, identity.key_id))
+        return [RemoteSession(session_id="r1", state="READY", owner_key_id=identity.key_id,
+                              tag="", last_sequence=5, node="10.9.8.7:50551")]
+
+    assert impl_args(sg_list_remote_sessions) == spec_args("sg_list_remote_sessions")
+    gw = await make_gateway(extra_plugins=(plugin(sg_list_remote_sessions),))
+    client = gw.client()
+    sid = (await client.open()).session_id
+    listed = {info.session_id: info for info in await client.list()}
+    assert listed["r1"].node == "10.9.8.7:50551" and listed["r1"].last_sequence == 5
+    assert listed[sid].node == ""  # not part of a cluster: no node address
+    assert seen == [(gw.gateway.api, gw.admin_key.split("_")[1])]
 
 
 def test_every_hookspec_has_a_contract_test():

@@ -25,19 +25,19 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csessiongate/v1/gateway.proto\x12\x0esessiongate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x12OpenSessionRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x15\n\rlease_seconds\x18\x04 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x15\n\x13ListSessionsRequest\"E\n\x14ListSessionsResponse\x12-\n\x08sessions\x18\x01 \x03(\x0b\x32\x1b.sessiongate.v1.SessionInfo\"\xbd\x02\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.sessiongate.v1.SessionState\x12\x14\n\x0cowner_key_id\x18\x03 \x01(\t\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x06 \x01(\t\x12\x15\n\rlast_sequence\x18\x07 \x01(\x04\x12\x18\n\x10subscriber_count\x18\x08 \x01(\r\x12-\n\topened_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10lease_expires_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0b \x01(\t\"Y\n\rInvokeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\"!\n\x0eInvokeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"}\n\rLoginResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x10\n\x08token_id\x18\x05 \x01(\t\"b\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\tReplayGap\x12\x17\n\x0frequested_after\x18\x01 \x01(\x04\x12\x18\n\x10oldest_available\x18\x02 \x01(\x04\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.sessiongate.v1.GapReason\"\xb8\x01\n\x13StreamEventsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rsubscriber_id\x18\x03 \x01(\t\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x33\n\x0bon_overflow\x18\x05 \x01(\x0e\x32\x1e.sessiongate.v1.OverflowPolicyB\x11\n\x0f_after_sequence\"x\n\x14StreamEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.sessiongate.v1.Event\x12&\n\x03gap\x18\x02 \x01(\x0b\x32\x19.sessiongate.v1.ReplayGap\x12\x11\n\tcaught_up\x18\x03 \x01(\x08*y\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07OPENING\x10\x01\x12\t\n\x05READY\x10\x02\x12\x0c\n\x08\x44\x45TACHED\x10\x03\x12\x0b\n\x07\x43LOSING\x10\x04\x12\n\n\x06\x43LOSED\x10\x05\x12\x0b\n\x07\x46\x41ULTED\x10\x06*\x9a\x01\n\tGapReason\x12\x1a\n\x16GAP_REASON_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x45VICTED\x10\x01\x12\x0b\n\x07\x45XPIRED\x10\x02\x12\x15\n\x11GATEWAY_RESTARTED\x10\x03\x12\x17\n\x13WORKER_DISCONNECTED\x10\x04\x12\x13\n\x0fSLOW_SUBSCRIBER\x10\x05\x12\x12\n\x0eWORKER_OVERRUN\x10\x06*E\n\x0eOverflowPolicy\x12\x19\n\x15OVERFLOW_POLICY_UNSET\x10\x00\x12\x0e\n\nDISCONNECT\x10\x01\x12\x08\n\x04SKIP\x10\x02\x32\xc0\x04\n\x07Gateway\x12N\n\x0bOpenSession\x12\".sessiongate.v1.OpenSessionRequest\x1a\x1b.sessiongate.v1.SessionInfo\x12P\n\x0c\x43loseSession\x12#.sessiongate.v1.CloseSessionRequest\x1a\x1b.sessiongate.v1.SessionInfo\x12L\n\nGetSession\x12!.sessiongate.v1.GetSessionRequest\x1a\x1b.sessiongate.v1.SessionInfo\x12Y\n\x0cListSessions\x12#.sessiongate.v1.ListSessionsRequest\x1a$.sessiongate.v1.ListSessionsResponse\x12G\n\x06Invoke\x12\x1d.sessiongate.v1.InvokeRequest\x1a\x1e.sessiongate.v1.InvokeResponse\x12\x44\n\x05Login\x12\x1c.sessiongate.v1.LoginRequest\x1a\x1d.sessiongate.v1.LoginResponse\x12[\n\x0cStreamEvents\x12#.sessiongate.v1.StreamEventsRequest\x1a$.sessiongate.v1.StreamEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csessiongate/v1/gateway.proto\x12\x0esessiongate.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"^\n\x12OpenSessionRequest\x12\x13\n\x0b\x63lient_name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x15\n\rlease_seconds\x18\x04 \x01(\r\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x15\n\x13ListSessionsRequest\"E\n\x14ListSessionsResponse\x12-\n\x08sessions\x18\x01 \x03(\x0b\x32\x1b.sessiongate.v1.SessionInfo\"\xcb\x02\n\x0bSessionInfo\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.sessiongate.v1.SessionState\x12\x14\n\x0cowner_key_id\x18\x03 \x01(\t\x12\x0b\n\x03tag\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x13\n\x0b\x63lient_name\x18\x06 \x01(\t\x12\x15\n\rlast_sequence\x18\x07 \x01(\x04\x12\x18\n\x10subscriber_count\x18\x08 \x01(\r\x12-\n\topened_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10lease_expires_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x0c\n\x04node\x18\x0c \x01(\t\"Y\n\rInvokeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x04 \x01(\r\"!\n\x0eInvokeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"}\n\rLoginResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x64min\x18\x03 \x01(\x08\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x10\n\x08token_id\x18\x05 \x01(\t\"b\n\x05\x45vent\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"i\n\tReplayGap\x12\x17\n\x0frequested_after\x18\x01 \x01(\x04\x12\x18\n\x10oldest_available\x18\x02 \x01(\x04\x12)\n\x06reason\x18\x03 \x01(\x0e\x32\x19.sessiongate.v1.GapReason\"\xb8\x01\n\x13StreamEventsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x15\n\rsubscriber_id\x18\x03 \x01(\t\x12\x11\n\tmax_batch\x18\x04 \x01(\r\x12\x33\n\x0bon_overflow\x18\x05 \x01(\x0e\x32\x1e.sessiongate.v1.OverflowPolicyB\x11\n\x0f_after_sequence\"x\n\x14StreamEventsResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.sessiongate.v1.Event\x12&\n\x03gap\x18\x02 \x01(\x0b\x32\x19.sessiongate.v1.ReplayGap\x12\x11\n\tcaught_up\x18\x03 \x01(\x08*y\n\x0cSessionState\x12\x1d\n\x19SESSION_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07OPENING\x10\x01\x12\t\n\x05READY\x10\x02\x12\x0c\n\x08\x44\x45TACHED\x10\x03\x12\x0b\n\x07\x43LOSING\x10\x04\x12\n\n\x06\x43LOSED\x10\x05\x12\x0b\n\x07\x46\x41ULTED\x10\x06*\x9a\x01\n\tGapReason\x12\x1a\n\x16GAP_REASON_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x45VICTED\x10\x01\x12\x0b\n\x07\x45XPIRED\x10\x02\x12\x15\n\x11GATEWAY_RESTARTED\x10\x03\x12\x17\n\x13WORKER_DISCONNECTED\x10\x04\x12\x13\n\x0fSLOW_SUBSCRIBER\x10\x05\x12\x12\n\x0eWORKER_OVERRUN\x10\x06*E\n\x0eOverflowPolicy\x12\x19\n\x15OVERFLOW_POLICY_UNSET\x10\x00\x12\x0e\n\nDISCONNECT\x10\x01\x12\x08\n\x04SKIP\x10\x02\x32\xc0\x04\n\x07Gateway\x12N\n\x0bOpenSession\x12\".sessiongate.v1.OpenSessionRequest\x1a\x1b.sessiongate.v1.SessionInfo\x12P\n\x0c\x43loseSession\x12#.sessiongate.v1.CloseSessionRequest\x1a\x1b.sessiongate.v1.SessionInfo\x12L\n\nGetSession\x12!.sessiongate.v1.GetSessionRequest\x1a\x1b.sessiongate.v1.SessionInfo\x12Y\n\x0cListSessions\x12#.sessiongate.v1.ListSessionsRequest\x1a$.sessiongate.v1.ListSessionsResponse\x12G\n\x06Invoke\x12\x1d.sessiongate.v1.InvokeRequest\x1a\x1e.sessiongate.v1.InvokeResponse\x12\x44\n\x05Login\x12\x1c.sessiongate.v1.LoginRequest\x1a\x1d.sessiongate.v1.LoginResponse\x12[\n\x0cStreamEvents\x12#.sessiongate.v1.StreamEventsRequest\x1a$.sessiongate.v1.StreamEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sessiongate.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SESSIONSTATE']._serialized_start=1496
-  _globals['_SESSIONSTATE']._serialized_end=1617
-  _globals['_GAPREASON']._serialized_start=1620
-  _globals['_GAPREASON']._serialized_end=1774
-  _globals['_OVERFLOWPOLICY']._serialized_start=1776
-  _globals['_OVERFLOWPOLICY']._serialized_end=1845
+  _globals['_SESSIONSTATE']._serialized_start=1510
+  _globals['_SESSIONSTATE']._serialized_end=1631
+  _globals['_GAPREASON']._serialized_start=1634
+  _globals['_GAPREASON']._serialized_end=1788
+  _globals['_OVERFLOWPOLICY']._serialized_start=1790
+  _globals['_OVERFLOWPOLICY']._serialized_end=1859
   _globals['_OPENSESSIONREQUEST']._serialized_start=81
   _globals['_OPENSESSIONREQUEST']._serialized_end=175
   _globals['_CLOSESESSIONREQUEST']._serialized_start=177
@@ -49,23 +49,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTSESSIONSRESPONSE']._serialized_start=284
   _globals['_LISTSESSIONSRESPONSE']._serialized_end=353
   _globals['_SESSIONINFO']._serialized_start=356
-  _globals['_SESSIONINFO']._serialized_end=673
-  _globals['_INVOKEREQUEST']._serialized_start=675
-  _globals['_INVOKEREQUEST']._serialized_end=764
-  _globals['_INVOKERESPONSE']._serialized_start=766
-  _globals['_INVOKERESPONSE']._serialized_end=799
-  _globals['_LOGINREQUEST']._serialized_start=801
-  _globals['_LOGINREQUEST']._serialized_end=851
-  _globals['_LOGINRESPONSE']._serialized_start=853
-  _globals['_LOGINRESPONSE']._serialized_end=978
-  _globals['_EVENT']._serialized_start=980
-  _globals['_EVENT']._serialized_end=1078
-  _globals['_REPLAYGAP']._serialized_start=1080
-  _globals['_REPLAYGAP']._serialized_end=1185
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=1188
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=1372
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1374
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=1494
-  _globals['_GATEWAY']._serialized_start=1848
-  _globals['_GATEWAY']._serialized_end=2424
+  _globals['_SESSIONINFO']._serialized_end=687
+  _globals['_INVOKEREQUEST']._serialized_start=689
+  _globals['_INVOKEREQUEST']._serialized_end=778
+  _globals['_INVOKERESPONSE']._serialized_start=780
+  _globals['_INVOKERESPONSE']._serialized_end=813
+  _globals['_LOGINREQUEST']._serialized_start=815
+  _globals['_LOGINREQUEST']._serialized_end=865
+  _globals['_LOGINRESPONSE']._serialized_start=867
+  _globals['_LOGINRESPONSE']._serialized_end=992
+  _globals['_EVENT']._serialized_start=994
+  _globals['_EVENT']._serialized_end=1092
+  _globals['_REPLAYGAP']._serialized_start=1094
+  _globals['_REPLAYGAP']._serialized_end=1199
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=1202
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=1386
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1388
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=1508
+  _globals['_GATEWAY']._serialized_start=1862
+  _globals['_GATEWAY']._serialized_end=2438
 # @@protoc_insertion_point(module_scope)

@@ -88,7 +88,7 @@ class ListSessionsResponse(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[_Union[SessionInfo, _Mapping]]] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ("session_id", "state", "owner_key_id", "tag", "backend", "client_name", "last_sequence", "subscriber_count", "opened_at", "lease_expires_at", "reason")
+    __slots__ = ("session_id", "state", "owner_key_id", "tag", "backend", "client_name", "last_sequence", "subscriber_count", "opened_at", "lease_expires_at", "reason", "node")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     OWNER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class SessionInfo(_message.Message):
     OPENED_AT_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: SessionState
     owner_key_id: str
@@ -111,7 +112,8 @@ class SessionInfo(_message.Message):
     opened_at: _timestamp_pb2.Timestamp
     lease_expires_at: _timestamp_pb2.Timestamp
     reason: str
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., owner_key_id: _Optional[str] = ..., tag: _Optional[str] = ..., backend: _Optional[str] = ..., client_name: _Optional[str] = ..., last_sequence: _Optional[int] = ..., subscriber_count: _Optional[int] = ..., opened_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    node: str
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., owner_key_id: _Optional[str] = ..., tag: _Optional[str] = ..., backend: _Optional[str] = ..., client_name: _Optional[str] = ..., last_sequence: _Optional[int] = ..., subscriber_count: _Optional[int] = ..., opened_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
 
 class InvokeRequest(_message.Message):
     __slots__ = ("session_id", "command", "payload", "timeout_ms")
