@@ -224,6 +224,18 @@ async def make_gateway(tmp_path: pathlib.Path, short_tmp: pathlib.Path) -> Async
         await terminate_leftovers(home_marker(tmp_path / "state"))
 
 
+def stop_server(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
+    """Stop a server a test started (slapd, redis-server): SIGTERM, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
 async def end_released_worker(process: asyncio.subprocess.Process,
                               timeout: float = 30.0) -> None:
     """Kill a worker this gateway released (reattach) and reap it through asyncio.

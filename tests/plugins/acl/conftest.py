@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from sessiongate.testing import stop_server
+
 SUFFIX = "dc=example,dc=org"
 ROOT_DN = f"cn=admin,{SUFFIX}"
 PEOPLE = f"ou=people,{SUFFIX}"
@@ -319,9 +321,4 @@ def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
                     service_dn=SERVICE_DN, service_pw=service_pw,
                     ca_file=str(data / "ca.pem"), process=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_server(proc)

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from sessiongate.testing import stop_server
+
 START_TIMEOUT = 10.0
 
 
@@ -68,13 +70,8 @@ class RedisServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if proc is not None:
+            stop_server(proc)
 
     def restart(self) -> None:
         """Stop, then start again on the same port, empty."""
