@@ -49,7 +49,8 @@ class Received:
 
 class Receiver:
     """The example receiver behind a front with a plan: each request takes the plan's
-    next step, if any (``("fail", status)``, ``("hang",)``, ``("redirect", url)``,
+    next step, if any (``("fail", status)``, ``("hang",)``, ``("wait", event, status)``,
+    ``("redirect", url)``,
     ``("gone",)``), else goes to the example (verified, handled once per id)."""
 
     def __init__(self) -> None:
@@ -98,6 +99,9 @@ class Receiver:
         if step[0] == "hang":
             await self.release.wait()
             return web.Response(status=503)
+        if step[0] == "wait":  # ("wait", event, status): answer status once event is set
+            await step[1].wait()
+            return web.Response(status=step[2])
         if step[0] == "redirect":
             return web.Response(status=302, headers={"location": step[1]})
         assert step[0] == "gone", step

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import re
+import sqlite3
 from typing import Any
 
 import grpc
@@ -96,6 +97,30 @@ async def test_events_to_one_endpoint_arrive_in_order_despite_retries(make_gatew
     assert [e["data"]["session_id"] for e in events] == sids
     # the later events waited for the first: nothing was sent beside it while it failed
     assert [r.answer for r in receiver.requests[:3]] == [500, 500, 204]
+
+
+async def test_a_graceful_stop_gives_back_a_claimed_batch_uncounted(make_gateway, tmp_path,
+                                                                    receiver):
+    """A retry claims the held queue as one batch (its head and the three behind it);
+    the head hangs, the gateway stops: every delivery is pending again, only the head's
+    one finished attempt counted."""
+    gw = await make_gateway(**ON)
+    await subscribe(gw, receiver, "session.opened")
+    first_answer = asyncio.Event()
+    receiver.plan.extend([("wait", first_answer, 503), ("hang",)])
+    client = gw.client()
+    await client.open(client_name="s0")
+    await receiver.wait(lambda: len(receiver.arrivals) == 1)
+    for i in range(1, 4):  # queued behind the first while it is in flight
+        await client.open(client_name=f"s{i}")
+    await recorded(gw, "webhooks_enqueued", 4)  # all four stored
+    first_answer.set()  # 503: the retry claims the head with the three behind it
+    await receiver.wait(lambda: len(receiver.arrivals) == 2)
+    assert len(await admin_of(gw).deliveries(status="delivering")) == 4  # one batch
+    await gw.stop()
+    with sqlite3.connect(tmp_path / "state" / "webhooks.sqlite3") as db:
+        rows = db.execute("SELECT status, attempts FROM deliveries ORDER BY seq").fetchall()
+    assert rows == [("pending", 1), ("pending", 0), ("pending", 0), ("pending", 0)]
 
 
 async def test_a_delivery_fails_after_its_schedule_and_can_be_sent_again(make_gateway,
