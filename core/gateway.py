@@ -27,6 +27,7 @@ from sessiongate.core.errors import (
     PermissionDenied,
     StartupError,
     Unauthenticated,
+    Unavailable,
 )
 from sessiongate.core.identity import ADMIN_SCOPE, Identity, KeyStore, parse_bearer
 from sessiongate.core.metrics import Metrics, RecentRate
@@ -112,6 +113,8 @@ class Gateway:
         #: "" when not part of a cluster (GatewayAPI.node_address)
         self.node_address = ""
         self._started = False
+        #: a stop has begun: new calls are refused (UNAVAILABLE), the stores close
+        self._stopping = False
         self._lock_fd: int | None = None
 
     @property
@@ -189,6 +192,7 @@ class Gateway:
             self._unlock_state_dir()  # locked but never started (serve could not bind)
             return
         self._started = False
+        self._stopping = True
         try:
             await self.sessions.shutdown()
             await self.tasks.cancel_and_wait()
@@ -205,9 +209,11 @@ class Gateway:
         try:
             credential = parse_bearer(metadata)
             reason = "refused_by_plugin"
+            self._refuse_while_stopping()
             identity = await self.hooks.decide("sg_authenticate", credential=credential)
             if identity is None:
                 reason = "unknown_key"
+                self._refuse_while_stopping()  # the key store closes during a stop
                 identity = await self.keys.verify(credential)
         except Unauthenticated as exc:
             # KeyStore.verify says "revoked" for a key that exists and was revoked
@@ -216,6 +222,12 @@ class Gateway:
             self.metrics.inc("auth_failures", reason=reason)
             raise
         return identity
+
+    def _refuse_while_stopping(self) -> None:
+        """A call the gRPC server took in just before or during a stop: its stores are
+        closing, so it is refused as the contract says for a gateway going away."""
+        if self._stopping:
+            raise Unavailable("the gateway is shutting down; try again shortly")
 
     async def authorize(self, identity: Identity, action: str,
                         session: Session | EndedSession | None) -> None:

@@ -99,3 +99,18 @@ async def test_open_refused_after_shutdown_began(make_gateway):
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await client.open(client_name="late")
     assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.asyncio
+async def test_a_call_taken_in_during_the_stop_is_refused_unavailable(make_gateway):
+    """Under load the gRPC server still hands calls it took in to their handlers while
+    the gateway stops; once its key store is closed they must get UNAVAILABLE, not an
+    internal error with a traceback."""
+    gw = await make_gateway()
+    metadata = (("authorization", f"Bearer {gw.admin_key}"),)
+    await gw.gateway.authenticate(metadata)
+    await gw.gateway.stop()
+    with pytest.raises(Exception) as exc:
+        await gw.gateway.authenticate(metadata)
+    assert type(exc.value).__name__ == "Unavailable"
+    assert "shutting down" in str(exc.value)
