@@ -246,6 +246,13 @@ CORE_METRICS: tuple[Metric, ...] = (
     counter("subscriptions_ended", "Subscriptions that left their session, by reason "
             "(client gone, overflow, replaced, session ended, a plugin's reason).",
             {"reason": None}),
+    counter("credit_holds", "Times the gateway began holding workers' credit because its "
+            "event loop lagged more than events.max_loop_lag_ms (events are delayed, never "
+            "dropped)."),
+    gauge("credit_held_sessions", "Sessions whose worker waits for credit the gateway "
+          "holds while its event loop lags.", scraped=True),
+    gauge("event_loop_lag_seconds", "How late the gateway's event loop last woke a short "
+          "sleep (measured every 50 ms).", scraped=True),
     gauge("event_log_events", "Events retained over all live sessions (unread backlog "
           "and replay rings).", scraped=True),
     gauge("event_log_oldest_age_seconds", "Age of the oldest event retained by any live "

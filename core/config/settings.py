@@ -344,6 +344,11 @@ def core_settings(settings: Settings | None = None) -> list[Setting]:
                         "How long the subscriber that paces the worker may take nothing while "
                         "the worker waits for it; then it meets the overflow policy.",
                         maximum=86400),
+        non_negative_int("events.max_loop_lag_ms",
+                         "Workers get no new credit while the gateway's event loop runs "
+                         "this many ms behind (new calls wait one loop turn each); their "
+                         "events are delayed, never dropped. 0: never held.",
+                         maximum=60000),
         Setting("events.max_batch", "an integer from 1 to 10000",
                 lambda v: _is_int(v) and 1 <= v <= 10000,
                 "Events per StreamEvents response at most (a client may ask for fewer)."),
@@ -365,6 +370,11 @@ def core_settings(settings: Settings | None = None) -> list[Setting]:
                         "Silence from a worker for this long faults its session.",
                         maximum=86400),
         string("workers.python", "Python interpreter for workers; empty: the gateway's own."),
+        non_negative_int("workers.nice",
+                         "How much lower the CPU priority of workers is than the gateway's "
+                         "(added to its niceness, up to 19; 0: the same). Under CPU "
+                         "saturation the gateway, which serves every session, keeps its "
+                         "share.", maximum=19),
         non_negative_int("workers.spare_workers",
                          "Workers of the default backend started ahead of time, so an open "
                          "skips the worker's start-up (0: start each on demand).",

@@ -410,6 +410,10 @@ def add_service(servicer: GatewayService, server: grpc.aio.Server) -> None:
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
+#: how long a call may wait to be taken in by the server (see GrpcServer)
+MAX_CALL_QUEUE_SECONDS = 600
+
+
 class GrpcServer:
     """The grpc.aio server around a started :class:`Gateway`."""
 
@@ -428,6 +432,12 @@ class GrpcServer:
             # one gateway per address: a second one must fail to bind, not share the
             # port (the kernel would spread connections over both)
             ("grpc.so_reuseport", 0),
+            # gRPC cancels a call the server has not taken in within 30 s. This server
+            # takes in one call per turn of its event loop, and under a heavy event load
+            # turns are long (events.max_loop_lag_ms keeps them short, not instant):
+            # calls then wait in line - a client bounds that with its deadline - rather
+            # than ending CANCELLED for no reason they can see.
+            ("grpc.server_max_unrequested_time_in_server", MAX_CALL_QUEUE_SECONDS),
             ("grpc.max_receive_message_length",
              max(GRPC_DEFAULT_MAX_RECEIVE, max_frame + INVOKE_OVERHEAD)),
         ])

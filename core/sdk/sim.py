@@ -95,6 +95,8 @@ class Sim(Backend):
             value = round(math.sin(step / 10) * 100, 3)
             self.values[tag] = value
             self.emit("data_change", {"tag": tag, "value": value})
+            # paced: while the gateway holds back credit the ticks wait, none is dropped
+            await self.drain()
 
     @command()
     async def burst(self, payload: Any) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from sessiongate.core.sessions.session import (
 )
 from sessiongate.core.sessions.spares import SparePool
 from sessiongate.core.streaming.events import Subscription
+from sessiongate.core.streaming.governor import CreditGovernor
 from sessiongate.core.tasks import OwnedTasks
 from sessiongate.core.workers import terminator
 from sessiongate.core.workers.handle import StartTimeout, WorkerConfig, WorkerHandle
@@ -116,6 +117,8 @@ class SessionManager:
         self.released: list[WorkerHandle] = []
         self.worker_config = WorkerConfig(settings, metrics)
         self._count_delivered = metrics.child("events_delivered")
+        #: holds workers' credit while the event loop lags (events.max_loop_lag_ms)
+        self.governor = CreditGovernor(int(settings.events.max_loop_lag_ms) / 1000, metrics)
         self.tasks = OwnedTasks()
         self._sweeper: asyncio.Task[None] | None = None
         self.accepting = True
@@ -142,6 +145,8 @@ class SessionManager:
 
     def start(self) -> None:
         self._sweeper = self.spawn(self._sweep(), "lease-sweeper")
+        if self.governor.max_lag > 0:
+            self.spawn(self.governor.run(), "credit-governor")
         self.spares.refill()
 
     async def _sweep(self) -> None:
@@ -237,6 +242,8 @@ class SessionManager:
         scrape.set("event_log_events", retained)
         scrape.set("event_log_oldest_age_seconds", oldest)
         scrape.set("spare_workers_ready", self.spares.ready_count)
+        scrape.set("credit_held_sessions", self.governor.held_sessions())
+        scrape.set("event_loop_lag_seconds", self.governor.lag)
 
     # -- open --------------------------------------------------------------------------
 
@@ -318,7 +325,7 @@ class SessionManager:
         return Session(
             session_id=new_session_id(), owner_key_id="", client_name="", backend=backend,
             tag="", lease_seconds=float(self.settings.sessions.default_lease_seconds),
-            on_state=self._on_state)
+            on_state=self._on_state, governor=self.governor)
 
     def _bind(self, session: Session) -> None:
         assert session.worker is not None
@@ -381,7 +388,7 @@ class SessionManager:
         session = Session(session_id=record.session_id, owner_key_id=record.owner_key_id,
                           client_name=record.client_name, backend=record.backend,
                           tag=record.tag, lease_seconds=record.lease_seconds,
-                          on_state=self._on_state)
+                          on_state=self._on_state, governor=self.governor)
         self.live[record.session_id] = session
         try:
             session.distributor = await self.hooks.decide(
@@ -482,6 +489,7 @@ class SessionManager:
                 await session.worker.stop(reason)
         await session.cancel_tasks()
         session.transition(SessionState.CLOSED, reason)
+        self.governor.forget(session.session_id)
         if self.live.pop(session.session_id, None) is not None:
             self.ended[session.session_id] = EndedSession(session)
             self._forget_old()

@@ -25,6 +25,7 @@ from sessiongate.core.tasks import OwnedTasks
 from sessiongate.v1 import gateway_pb2
 
 if TYPE_CHECKING:
+    from sessiongate.core.streaming.governor import CreditGovernor
     from sessiongate.core.workers.handle import WorkerHandle
 
 __all__ = ["ENDED", "LIVE", "PROTOCOL_ERROR", "EndedSession", "Session", "SessionState",
@@ -79,7 +80,8 @@ class Session:
 
     def __init__(self, *, session_id: str, owner_key_id: str, client_name: str, backend: str,
                  tag: str, lease_seconds: float,
-                 on_state: Callable[[Session, str, str, str], None]) -> None:
+                 on_state: Callable[[Session, str, str, str], None],
+                 governor: CreditGovernor | None = None) -> None:
         self.session_id = session_id
         self.owner_key_id = owner_key_id
         self.client_name = client_name
@@ -99,6 +101,7 @@ class Session:
         #: its worker was left running for a later gateway (set at shutdown, never reset)
         self.released = False
         self._on_state = on_state
+        self._governor = governor
         self._tasks = OwnedTasks(session_id=session_id)
 
     def __repr__(self) -> str:
@@ -192,9 +195,20 @@ class Session:
         self.last_sequence = sequences[-1]
 
     def grant(self, more: int | None) -> None:
-        """The distributor's pacing decision, passed on to the worker (if any yet)."""
-        if self.worker is not None:
+        """The distributor's pacing decision, passed on to the worker (if any yet); more
+        credit waits while the gateway's loop lags (:mod:`..streaming.governor`)."""
+        if self.worker is None:
+            return
+        if more is None or self._governor is None:
             self.worker.grant(more)
+        else:
+            self._governor.grant(self.session_id, self._send_grant)
+
+    def _send_grant(self) -> None:
+        """The distributor's grant as it is now (it may have moved while held back)."""
+        dist, worker = self.distributor, self.worker
+        if worker is not None and dist is not None and dist.granted is not None:
+            worker.grant(max(0, dist.granted - dist.log.end))
 
     def restore_events(self, events: Sequence[gateway_pb2.Event], *, floor: int | None,
                        reason: int) -> None:

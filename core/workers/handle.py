@@ -117,6 +117,30 @@ def _exit_class(returncode: int | None) -> str:
     return "clean" if returncode == 0 else "error" if returncode > 0 else "signal"
 
 
+def lower_priority(pid: int, steps: int) -> None:
+    """Run worker ``pid`` ``steps`` nice levels below the gateway (at most 19).
+
+    CPU time is shared out per runnable process - and, where the kernel groups
+    processes by session (``sched_autogroup``), per session first: every worker
+    leads its own session, so without this hundreds of busy workers leave the one
+    gateway process that serves them all a sliver of the CPU, and its calls wait
+    until clients give up. Both the process's niceness and its session group's are
+    set (raising them needs no privilege). Set from here, once the worker is Ready,
+    not in the child: in effect before its first event, inherited by whatever it
+    starts. A process already gone has nothing to lower.
+    """
+    if steps <= 0:
+        return
+    target = min(19, os.getpriority(os.PRIO_PROCESS, 0) + steps)
+    with contextlib.suppress(ProcessLookupError):
+        os.setpriority(os.PRIO_PROCESS, pid, target)
+    try:  # absent without CONFIG_SCHED_AUTOGROUP; refused in some containers
+        with open(f"/proc/{pid}/autogroup", "w") as group:
+            group.write(str(target))
+    except OSError:
+        pass
+
+
 class WorkerConfig:
     """The worker-related settings, read once, and where workers are counted (a gateway's
     metrics; None: not counted)."""
@@ -124,6 +148,7 @@ class WorkerConfig:
     def __init__(self, settings: Any, metrics: Metrics | None = None) -> None:
         w = settings.workers
         self.python = w.python or sys.executable
+        self.nice = int(w.nice)
         self.start_timeout = float(w.start_timeout_seconds)
         self.stop_timeout = float(w.stop_timeout_seconds)
         self.max_frame = int(w.max_frame_bytes)
@@ -267,6 +292,9 @@ class WorkerHandle:
         except (ConnectionError, RuntimeError):
             pass  # it died while waiting: the reaper reports why, wait_ready raises
         await self.wait_ready(self.config.start_timeout)
+        # only now: its start-up (imports, handshake) is bounded by start_timeout and
+        # must not crawl behind busy workers at the lowest priority
+        lower_priority(self.pid, self.config.nice)
 
     async def expect(self, *, nonce_digest_: bytes, pid: int, create_time: float) -> None:
         """Listen for a worker started by an earlier gateway instance (its Adopt frame)."""

@@ -284,6 +284,27 @@ async def test_no_zombie_or_orphan_after_close(make_gateway):
     assert (await client.close(infos[0].session_id)).state == gateway_pb2.CLOSED
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("steps", [0, 3, 19])
+async def test_workers_run_below_the_gateways_cpu_priority(make_gateway, steps):
+    """workers.nice steps below the gateway's own niceness, capped at 19, once Ready
+    (a spare starts and idles at the gateway's: it is lowered when a session takes it)."""
+    gw = await make_gateway(**{"workers.nice": steps, "workers.spare_workers": 1})
+    client = gw.client()
+    first = (await client.open(client_name="nice")).session_id
+    await wait_for(lambda: len(gw.gateway.sessions.spares.ready) == 1)
+    second = (await client.open(client_name="nice")).session_id  # takes the spare
+    pids = [gw.gateway.sessions.live[sid].worker.pid for sid in (first, second)]
+    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + steps)
+    assert [psutil.Process(pid).nice() for pid in pids] == [expected, expected]
+    # each worker leads its own session: where the kernel shares CPU by session group
+    # first, the group is lowered too (else the niceness counts for nothing)
+    if steps and os.path.exists(f"/proc/{pids[0]}/autogroup"):
+        for pid in pids:
+            with open(f"/proc/{pid}/autogroup") as group:
+                assert group.read().split()[-1] == str(expected)
+
+
 @pytest.mark.requires_no_plugin("reattach")  # it leaves workers for adoption
 @pytest.mark.asyncio
 async def test_gateway_stop_leaves_no_worker(make_gateway):
