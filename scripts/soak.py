@@ -145,6 +145,16 @@ class Gateway:
         with urllib.request.urlopen(url, timeout=10) as response:
             return int(json.load(response)["tasks"])
 
+    def credit_holds(self) -> float:
+        """How often the gateway held workers' credit because its event loop lagged
+        (``sessiongate_credit_holds_total`` on its side port)."""
+        url = f"http://{self.proc.http_address}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("sessiongate_credit_holds_total "):
+                    return float(line.split()[1])
+        return 0.0
+
     def counts(self) -> dict[str, int]:
         proc = self.process
         return {"fds": proc.num_fds(), "tasks": self.tasks(), "threads": proc.num_threads(),
@@ -374,6 +384,7 @@ async def controller(args: argparse.Namespace) -> dict[str, Any]:
         if warm is None:
             warm = end
         cpu_end = gateway.process.cpu_times()
+        holds = await asyncio.to_thread(gateway.credit_holds)
         load_seconds = time.monotonic() - loaded
         results = []
         for proc in procs:
@@ -412,6 +423,7 @@ async def controller(args: argparse.Namespace) -> dict[str, Any]:
             "rss_growth_percent": round(growth * 100, 2),
             "rss_samples_mb": samples,
             "cpu_percent_during_load": round(100 * cpu / load_seconds),
+            "credit_holds": int(holds),
         },
         "before": _counts(before), "warm": _counts(warm), "end": _counts(end),
         "after": _counts(after),
