@@ -687,6 +687,9 @@ async def test_a_lagging_event_loop_holds_credit_visibly_and_loses_nothing(make_
         if gw.gateway.metrics.get("credit_holds") == 0:
             time.sleep(0.2)  # block the loop: the governor's next probe wakes 150 ms late
     assert await burst == {"emitted": count}
+    # a grant asked for while a (busy machine's) loop still lags is handed out once it
+    # does not: nothing stays held
+    governor = gw.gateway.sessions.governor
+    await wait_for(lambda: governor.held_sessions() == 0)
     page = await moved(gw, "credit_holds", "credit_held_sessions", "event_loop_lag_seconds")
     assert page.value("sessiongate_credit_holds_total") >= 1
-    assert page.value("sessiongate_credit_held_sessions") == 0
