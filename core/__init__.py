@@ -27,6 +27,7 @@ _PUBLIC: dict[str, str] = {
     "EndedSession": "sessiongate.core.sessions.session",
     "RemoteSession": "sessiongate.core.sessions.remote",
     "KeyRecord": "sessiongate.core.identity",
+    "CredentialRecord": "sessiongate.core.plugin_api",
     "SessionState": "sessiongate.core.sessions.session",
     "AdoptionRecord": "sessiongate.core.sessions.manager",
     "Distributor": "sessiongate.core.streaming.events",
@@ -66,6 +67,7 @@ __all__ = [
     "PROJECT",
     "TAG_PATTERN",
     "AdoptionRecord",
+    "CredentialRecord",
     "Distributor",
     "EndedSession",
     "EventLog",
@@ -121,7 +123,7 @@ if TYPE_CHECKING:
     )
     from sessiongate.core.identity import ADMIN_SCOPE, TAG_PATTERN, Identity, KeyRecord, LoginGrant
     from sessiongate.core.metrics import Metric, counter, gauge, histogram
-    from sessiongate.core.plugin_api import GatewayAPI, InternalConsumer
+    from sessiongate.core.plugin_api import CredentialRecord, GatewayAPI, InternalConsumer
     from sessiongate.core.pluginhost.defaults import worker_socket_path
     from sessiongate.core.sessions.manager import AdoptionRecord
     from sessiongate.core.sessions.remote import RemoteSession

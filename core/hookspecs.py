@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from sessiongate.core.config.settings import Setting, Settings
     from sessiongate.core.identity import Identity, LoginGrant
     from sessiongate.core.metrics import Metric
-    from sessiongate.core.plugin_api import GatewayAPI
+    from sessiongate.core.plugin_api import CredentialRecord, GatewayAPI
     from sessiongate.core.plugin_cli import PluginCommand
     from sessiongate.core.sessions.manager import AdoptionRecord
     from sessiongate.core.sessions.session import Session
@@ -53,9 +53,12 @@ if TYPE_CHECKING:
 __all__ = [
     "sg_activity",
     "sg_add_validators",
+    "sg_apply_credential_record",
     "sg_authenticate",
     "sg_authorize",
     "sg_cli_commands",
+    "sg_credential_changed",
+    "sg_credential_records",
     "sg_grpc_interceptors",
     "sg_grpc_services",
     "sg_http_routes",
@@ -666,7 +669,7 @@ def sg_webhook_failed(gateway: GatewayAPI, delivery: Mapping[str, Any]) -> None:
 
 
 # -------------------------------------------------------------------------------------
-# Cluster (several gateways sharing sessions; the cluster plugin implements these)
+# Cluster (several gateways sharing sessions and sign-in credentials)
 # -------------------------------------------------------------------------------------
 
 
@@ -700,6 +703,64 @@ def sg_list_remote_sessions(gateway: GatewayAPI, identity: Identity) -> Sequence
     :param identity: the caller (for an implementation that can narrow the list early).
 
     Kind: observer, may be async; awaited in order.
+    """
+
+
+@hookspec
+def sg_credential_changed(gateway: GatewayAPI, record: CredentialRecord) -> None:
+    """A sign-in credential was issued, changed (what it grants) or revoked on this
+    gateway, or such a change made on another node was applied here.
+
+    Called by the plugin that issues credentials (acl, for its login tokens), through
+    ``GatewayAPI.announce_credential``, once the change is stored: from then on the
+    credential is accepted, or refused, accordingly. A record applied from another node
+    (:func:`sg_apply_credential_record`) is announced when it changed something here,
+    so a replicating plugin sends a record out only when it is newer than the version it
+    already knows (``updated_at``; or newly revoked): nothing echoes back and forth.
+
+    :param record: the credential's whole current state
+        (:class:`~sessiongate.core.plugin_api.CredentialRecord`), never the credential.
+
+    Kind: observer, may be async; awaited in order, in the task of the change (a login,
+    a sign-out, a watcher): keep it quick, queue any network I/O.
+    """
+
+
+@hookspec(firstresult=True)
+def sg_apply_credential_record(gateway: GatewayAPI, record: CredentialRecord) -> str | None:
+    """Bring a sign-in credential another gateway node holds into this node.
+
+    Stops at first non-None result. The plugin that issues credentials of
+    ``record.kind`` merges the record into its own store (on disk: it keeps working
+    while the other node or the network is away): a new credential is added; what it
+    grants is taken when the record is newer (``updated_at``) than what it holds; a
+    revocation is applied and never undone. When it returns, the credential is accepted
+    or refused accordingly and its live streams that are no longer allowed have ended
+    (``UNAUTHENTICATED`` for a revoked one). ``None``: no plugin here issues
+    credentials of that kind (the record is ignored). An effective change is then
+    announced here with :func:`sg_credential_changed`.
+
+    :returns: ``added``, ``updated``, ``revoked``, ``unchanged`` (nothing new: an older
+        or equal version, or an expired credential) or ``conflict`` (a credential of
+        that id held for someone else, or a record the plugin cannot take: left alone).
+
+    Kind: decision, may be async.
+
+    Called through ``GatewayAPI.apply_credential_record`` (by the cluster plugin, for
+    each record it reads).
+    """
+
+
+@hookspec
+def sg_credential_records(gateway: GatewayAPI) -> Sequence[CredentialRecord]:
+    """Every sign-in credential this node holds that has not expired, revoked ones
+    included: for a full sync, when a replicating plugin (re)connects and publishes what
+    the other nodes may lack.
+
+    :returns: :class:`~sessiongate.core.plugin_api.CredentialRecord` objects.
+
+    Kind: observer, may be async; every implementation's records together, through
+    ``GatewayAPI.credential_records``.
     """
 
 

@@ -8,6 +8,7 @@ gateway-wide state in :attr:`GatewayAPI.stash` and per-session state in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import pathlib
 from collections.abc import Callable, Coroutine, Mapping
@@ -30,12 +31,48 @@ if TYPE_CHECKING:
     from sessiongate.core.streaming.events import Subscription
     from sessiongate.v1 import worker_pb2
 
-__all__ = ["GatewayAPI", "InternalConsumer"]
+__all__ = ["CredentialRecord", "GatewayAPI", "InternalConsumer"]
 
 log = logging.getLogger("sessiongate.gateway")
 
 #: an internal subscriber: ``await consumer(session, subscription)`` reads the events
 InternalConsumer = Callable[["Session", "Subscription"], Coroutine[Any, Any, None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CredentialRecord:
+    """A sign-in credential (an acl login token, ...) as another gateway node needs it to
+    accept or refuse it: never the credential itself, nor anything it can be rebuilt from.
+
+    The plugin that issues credentials of ``kind`` announces each change
+    (``sg_credential_changed``); a replicating plugin (cluster) carries records to the
+    other nodes, which apply them (``GatewayAPI.apply_credential_record``). Versions of
+    one credential are ordered by ``updated_at``: the newest wins and an older one never
+    rolls it back. A revocation is sticky: once ``revoked_at`` is set, no record makes
+    the credential live again. Times are Unix seconds, in whole milliseconds.
+    """
+
+    #: names the credential (a token's ``jti``; not a secret)
+    credential_id: str
+    #: what kind of credential, as the issuing plugin names it (``"token"``: acl)
+    kind: str
+    #: the identity's ``key_id`` (``ldap:alice``): what sessions record as their owner
+    subject: str
+    #: for people (the username)
+    name: str
+    #: what it grants, as the node that last changed it computed it
+    admin: bool
+    tags: tuple[str, ...]
+    #: the directory groups (DNs) the grants are computed from, for kinds that have them
+    groups: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+    revoked_at: float | None
+    updated_at: float
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
 
 
 class GatewayAPI:
@@ -237,6 +274,30 @@ class GatewayAPI:
                     ended += 1
                 session.unsubscribe(sub, "key revoked")
         return ended
+
+    async def announce_credential(self, record: CredentialRecord) -> None:
+        """Tell every ``sg_credential_changed`` implementation that a sign-in credential
+        was issued, changed or revoked here (awaited in order; one that raises is logged
+        and skipped). Called by the plugin that issues credentials, once the change is
+        stored."""
+        await self._gateway.hooks.notify("sg_credential_changed", record=record)
+
+    async def credential_records(self) -> list[CredentialRecord]:
+        """Every sign-in credential this node holds and that has not expired, revoked ones
+        included (``sg_credential_records``): for a full sync with other nodes."""
+        found = await self._gateway.hooks.gather("sg_credential_records")
+        return [record for records in found for record in records]
+
+    async def apply_credential_record(self, record: CredentialRecord) -> str | None:
+        """Bring a sign-in credential another node holds into this node
+        (``sg_apply_credential_record``): the plugin of its ``kind`` merges it into its
+        own store; from the moment this returns the credential is accepted or refused
+        accordingly, and its live streams that are no longer allowed have ended.
+
+        :returns: ``added``, ``updated``, ``revoked``, ``unchanged`` or ``conflict``;
+            None when no plugin here issues credentials of that kind.
+        """
+        return await self._gateway.hooks.decide("sg_apply_credential_record", record=record)
 
     # -- sign-in for web front ends (mechanisms the dashboard plugin uses) ----------------
 

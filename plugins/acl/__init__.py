@@ -13,10 +13,17 @@ Switched by ``plugins.acl.enabled`` (default on). With it on:
 * With ``plugins.acl.ldap.enabled``, people log in with their directory account
   (``Login`` RPC, ``sessiongate login``) and get a short-lived Ed25519-signed JWT,
   accepted as ``authorization: Bearer <token>``; directory groups grant the admin
-  scope (``admin_groups``) and tags (``group_tags``). Logins are limited (threads
-  in flight, failures per username and per client address, with backoff); every
-  token is recorded and can be revoked alone (``sessiongate tokens revoke ID``, or by
-  its holder signing out: ``sg_revoke_credential``).
+  scope (``admin_groups``) and tags (``group_tags``), computed from the groups recorded
+  with the token under the current settings each time it is presented (and, with a
+  service account, the groups of people using tokens are read again regularly). Logins
+  are limited (threads in flight, failures per username and per client address, with
+  backoff); every token is recorded and can be revoked alone (``sessiongate tokens
+  revoke ID``, or by its holder signing out: ``sg_revoke_credential``).
+* Token records are announced (``sg_credential_changed``), listed
+  (``sg_credential_records``) and taken from other nodes
+  (``sg_apply_credential_record``): with the cluster plugin and one signing key
+  (``plugins.acl.token_key_file``) shared by every node, a token works on every node
+  and a revocation anywhere is applied everywhere.
 
 Module layout: :mod:`.rules` (settings), :mod:`.policy` (the decision, pure),
 :mod:`.tokens` (JWTs), :mod:`.tokenstore` (issued and revoked tokens),
@@ -42,6 +49,7 @@ from .tokens import TokenSigner, is_ours
 
 if TYPE_CHECKING:
     from sessiongate.core import (
+        CredentialRecord,
         GatewayAPI,
         Identity,
         LoginGrant,
@@ -81,8 +89,14 @@ def sg_metrics() -> Sequence[Metric]:
                   "(connect, searches, binds), whatever its outcome.",
                   (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)),
         counter("acl_streams_ended", "Live streams acl ended: their key or token was "
-                "revoked (revocations applied), or their token expired.",
-                {"reason": ("key revoked", "token expired", "token revoked")}),
+                "revoked (revocations applied), their token expired, or their token's "
+                "directory groups no longer allow the session (access withdrawn).",
+                {"reason": ("key revoked", "token expired", "token revoked",
+                            "access withdrawn")}),
+        counter("acl_group_refreshes", "Rounds of reading token holders' directory groups "
+                "again (search-then-bind mode), by outcome: ok, busy (every login thread "
+                "taken: skipped), unavailable (the directory did not answer).",
+                {"outcome": ("ok", "busy", "unavailable")}),
     ]
 
 
@@ -155,3 +169,16 @@ async def sg_login(gateway: GatewayAPI, username: str, password: str,
     if runtime is None or not runtime.ldap_enabled:
         return None  # Login is not offered
     return await runtime.login(username, password, peer)
+
+
+@hookimpl
+async def sg_apply_credential_record(gateway: GatewayAPI,
+                                     record: CredentialRecord) -> str | None:
+    runtime = runtime_of(gateway)
+    return None if runtime is None else await runtime.apply_record(record)
+
+
+@hookimpl
+async def sg_credential_records(gateway: GatewayAPI) -> Sequence[CredentialRecord]:
+    runtime = runtime_of(gateway)
+    return [] if runtime is None else await runtime.credential_records()

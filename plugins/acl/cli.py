@@ -2,9 +2,9 @@
 
 Both work on the token store in ``state_dir`` (:mod:`.tokenstore`), with or without
 a gateway running (like ``sessiongate keys``): a running gateway refuses a revoked
-token at its next call and ends its live streams within about
-``plugins.acl.revocation_check_interval_seconds``. Tokens themselves are never
-stored, so never shown.
+token at its next call, ends its live streams within a quarter of a second (its token
+watcher) and announces the revocation (with the cluster plugin, every node applies
+it). Tokens themselves are never stored, so never shown.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
     listing = actions.add_parser(
         "list", help="the tokens not yet expired, one JSON object a line (token_id, "
-        "username, admin, tags, issued_at, expires_at, revoked)")
+        "username, admin, tags, groups, issued_at, expires_at, revoked)")
     revoke = actions.add_parser("revoke", help="revoke one token by id (see list)")
     revoke.add_argument("token_id", help="the token's id (its jti claim)")
     for action in (listing, revoke):

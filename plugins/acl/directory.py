@@ -25,6 +25,11 @@ Outcomes are deliberately coarse: :class:`LoginRefused` (unknown user, wrong
 password, ambiguous match: the caller never learns which) and
 :class:`DirectoryUnavailable` (cannot connect, timeout, TLS failure, the
 service account refused, the directory busy).
+
+In search-then-bind mode :meth:`Directory.refresh` reads the groups of people who
+hold sign-in tokens again, with the service account (no password of theirs is
+needed), so a membership change reaches tokens already issued. What groups grant
+(:meth:`LdapConfig.grants`) is computed from the current settings each time.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import re
 import secrets
 import ssl
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 with warnings.catch_warnings():
@@ -154,6 +159,20 @@ class LdapConfig:
                         for dn, tags in dict(ldap.group_tags).items()},
         )
 
+    @property
+    def search_then_bind(self) -> bool:
+        """A service account finds users (and can re-read their groups without them)."""
+        return bool(self.bind_dn)
+
+    def grants(self, groups: Iterable[str]) -> tuple[bool, frozenset[str]]:
+        """``(admin, tags)`` that membership of ``groups`` (DNs) grants under these
+        settings (``admin_groups``, ``group_tags``; DNs compared normalized)."""
+        normalized = [normalize_dn(g) for g in groups]
+        tags: set[str] = set()
+        for group in normalized:
+            tags.update(self.group_tags.get(group, ()))
+        return any(g in self.admin_groups for g in normalized), frozenset(tags)
+
 
 @dataclasses.dataclass(frozen=True)
 class LoginResult:
@@ -249,6 +268,38 @@ class Directory:
             log.warning("ldap: group_search_base %r does not exist", cfg.group_search_base)
         return tuple(str(e["dn"]) for e in self._entries(conn))
 
+    def _service(self, server: Server) -> Connection:
+        """A connection bound as the service account (DirectoryUnavailable if refused)."""
+        service = self._connection(server, self.config.bind_dn, self.config.bind_password)
+        try:
+            if not self._bind(service, "the service account"):
+                raise DirectoryUnavailable("the directory refused the service account "
+                                           "(plugins.acl.ldap.bind_dn / bind_password)")
+        except BaseException:
+            _close(service)
+            raise
+        return service
+
+    def refresh(self, usernames: Sequence[str]) -> dict[str, tuple[str, ...] | None]:
+        """Blocking (a login thread): each person's groups now, read with the service
+        account over one connection; None for a person no longer found (no entry, or
+        several). Search-then-bind mode only. :raises DirectoryUnavailable:."""
+        assert self.config.search_then_bind
+        found: dict[str, tuple[str, ...] | None] = {}
+        service: Connection | None = None
+        try:
+            service = self._service(self._server())
+            for username in usernames:
+                user_dn = self._find_user(service, username)
+                found[username] = (None if user_dn is None
+                                   else self._groups(service, username, user_dn))
+        except LDAPException as exc:  # sockets, timeouts, TLS, protocol
+            raise DirectoryUnavailable(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            if service is not None:
+                _close(service)
+        return found
+
     def authenticate(self, username: str, password: str) -> LoginResult:
         """Blocking. :raises LoginRefused: / :raises DirectoryUnavailable:."""
         if (not username or not password or len(username) > MAX_USERNAME
@@ -265,11 +316,8 @@ class Directory:
         service: Connection | None = None
         user_conn: Connection | None = None
         try:
-            if cfg.bind_dn:
-                service = self._connection(server, cfg.bind_dn, cfg.bind_password)
-                if not self._bind(service, "the service account"):
-                    raise DirectoryUnavailable("the directory refused the service account "
-                                               "(plugins.acl.ldap.bind_dn / bind_password)")
+            if cfg.search_then_bind:
+                service = self._service(server)
                 found = self._find_user(service, username)
                 if found is None:
                     user_conn = self._decoy_bind(server)
@@ -292,13 +340,8 @@ class Directory:
             for conn in (user_conn, service):
                 if conn is not None:
                     _close(conn)
-        normalized = [normalize_dn(g) for g in groups]
-        tags: set[str] = set()
-        for group in normalized:
-            tags.update(cfg.group_tags.get(group, ()))
-        return LoginResult(user_dn=user_dn, groups=tuple(groups),
-                           admin=any(g in cfg.admin_groups for g in normalized),
-                           tags=frozenset(tags))
+        admin, tags = cfg.grants(groups)
+        return LoginResult(user_dn=user_dn, groups=tuple(groups), admin=admin, tags=tags)
 
 
 def _close(conn: Connection) -> None:

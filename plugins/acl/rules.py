@@ -10,7 +10,17 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from sessiongate.core import TAG_PATTERN, Setting, boolean, positive_int, positive_number, string
+from sessiongate.core import (
+    TAG_PATTERN,
+    Setting,
+    boolean,
+    non_negative_number,
+    positive_int,
+    positive_number,
+    string,
+)
+
+from .tokens import is_signing_key
 
 if TYPE_CHECKING:
     from sessiongate.core import Settings
@@ -81,9 +91,20 @@ def rules(settings: Settings) -> list[Setting]:
                      maximum=30 * 86400),
         positive_number(f"{P}.revocation_check_interval_seconds",
                         "How often live streams are checked against revoked API keys, revoked "
-                        "and expired sign-in tokens (a revoked key's or token's streams end "
-                        "within about this time).",
+                        "and expired sign-in tokens, and against what a token's groups "
+                        "grant now (a revoked key's or token's streams end within about "
+                        "this time).",
                         maximum=3600),
+        string(f"{P}.token_key_file", "The Ed25519 private key (PEM) that signs sign-in "
+               "tokens; empty: state_dir/acl-token-key.pem, created on first use. Every "
+               "node of a cluster must name the same key (a copy of one file), or a token "
+               "is accepted only by the node that issued it."),
+        Setting(f"{P}.token_key_file",
+                "empty, or a readable file holding an unencrypted Ed25519 private key in "
+                "PEM (openssl genpkey -algorithm ed25519 -out FILE; mode 0600)",
+                lambda v: v == "" or is_signing_key(v),
+                "(checked when plugins.acl.ldap.enabled: the file is read, never shown)",
+                when=ENABLED),
         boolean(ENABLED, "Switches LDAP login (the Login RPC and `sessiongate login`) on."),
         string(f"{L}.url", "The directory: ldap://host[:port] or ldaps://host[:port].",
                pattern=URL_PATTERN, rule="an ldap:// or ldaps:// URL (host and optional port)"),
@@ -140,6 +161,14 @@ def rules(settings: Settings) -> list[Setting]:
                 "([a-z0-9][a-z0-9._-]{0,63})", _group_tags,
                 "Members of a group may get, list and stream (read-only) the sessions "
                 "carrying one of its tags."),
+        non_negative_number(
+            f"{L}.group_refresh_interval_seconds",
+            "How often the groups of people whose sign-in tokens are in use (a live stream, "
+            "or a call since the last refresh) are read again with the service account, so "
+            "a membership change reaches tokens already issued (a person no longer found "
+            "has their tokens revoked); 0: every revocation_check_interval_seconds. "
+            "Search-then-bind mode only: without bind_dn, membership changes apply at the "
+            "next login.", maximum=3600),
         positive_int(f"{L}.max_logins_in_flight",
                      "Directory exchanges running at once (each on a thread of the plugin's "
                      "own, held until the directory answers or times out, even when the "

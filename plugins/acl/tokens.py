@@ -1,9 +1,15 @@
-"""Short-lived sign-in tokens: JWTs signed with an Ed25519 key kept in ``state_dir``.
+"""Short-lived sign-in tokens: JWTs signed with an Ed25519 key.
 
-The private key is ``state_dir/acl-token-key.pem`` (PKCS#8, mode 0600), created on
-first use, atomically (several gateway processes may share a state dir). Every
-process that reads the same file accepts the same tokens; deleting the file and
+The private key is ``plugins.acl.token_key_file`` (PKCS#8 PEM, mode 0600), or by
+default ``state_dir/acl-token-key.pem``, created on first use, atomically (several
+gateway processes may share a state dir). A configured file is never created: it is
+the key several gateway nodes share (cluster), made once by the deployer. Every
+process that reads the same file accepts the same signatures; replacing the file and
 restarting invalidates every token issued so far.
+
+The claims ``adm`` and ``tags`` say what the login granted when it was made (for
+clients); the gateway itself decides from the token's record, with the current
+group mapping (see :mod:`.runtime`).
 
 Only ``EdDSA`` is accepted (never the token's own ``alg`` choice), with issuer,
 audience, expiry, issue time and id (``jti``) required. A token is never logged;
@@ -24,14 +30,16 @@ from collections.abc import Iterable
 from typing import Any
 
 import jwt
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sessiongate.core import ADMIN_SCOPE, Identity
 from sessiongate.core.errors import Unauthenticated
 
-__all__ = ["ISSUER", "KEY_FILE", "TOKEN_KIND", "MintedToken", "TokenIdentity", "TokenSigner",
-           "is_ours", "looks_like_jwt"]
+__all__ = ["ISSUER", "KEY_FILE", "SUBJECT_PREFIX", "TOKEN_ID", "TOKEN_KIND", "MintedToken",
+           "TokenIdentity", "TokenSigner", "is_ours", "is_signing_key", "key_path",
+           "looks_like_jwt"]
 
 log = logging.getLogger("sessiongate.plugins.acl")
 
@@ -86,10 +94,36 @@ def is_ours(credential: str) -> bool:
     return claims.get("iss") == ISSUER
 
 
-def _load_or_create(path: pathlib.Path) -> Ed25519PrivateKey:
+def key_path(configured: str, state_dir: pathlib.Path) -> pathlib.Path:
+    """The signing key's file: ``plugins.acl.token_key_file``, else the state dir's."""
+    return pathlib.Path(configured) if configured else state_dir / KEY_FILE
+
+
+def _private_key(data: bytes) -> Ed25519PrivateKey | None:
+    """The Ed25519 private key a PEM holds, or None (not PEM, encrypted, another kind)."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
+    return key if isinstance(key, Ed25519PrivateKey) else None
+
+
+def is_signing_key(path: Any) -> bool:
+    """Is ``path`` a readable file holding an unencrypted Ed25519 private key in PEM?
+    (The settings rule of ``plugins.acl.token_key_file``; never says what it holds.)"""
+    try:
+        data = pathlib.Path(path).read_bytes()
+    except (OSError, TypeError, ValueError):
+        return False
+    return _private_key(data) is not None
+
+
+def _load_or_create(path: pathlib.Path, *, create: bool = True) -> Ed25519PrivateKey:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
+        if not create:
+            raise
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
@@ -113,9 +147,9 @@ def _load_or_create(path: pathlib.Path) -> Ed25519PrivateKey:
         log.warning("token signing key %s was readable by others (mode %o); set to 0600",
                     path, mode)
         os.chmod(path, 0o600)
-    key = serialization.load_pem_private_key(data, password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path} does not hold an Ed25519 private key")
+    key = _private_key(data)
+    if key is None:
+        raise ValueError(f"{path} does not hold an unencrypted Ed25519 private key (PEM)")
     return key
 
 
@@ -132,9 +166,12 @@ class TokenSigner:
         self.ttl = float(ttl_seconds)
 
     @classmethod
-    def from_state_dir(cls, state_dir: pathlib.Path, ttl_seconds: float) -> TokenSigner:
-        """Blocking file I/O: call it in a thread."""
-        return cls(_load_or_create(state_dir / KEY_FILE), ttl_seconds)
+    def from_file(cls, configured: str, state_dir: pathlib.Path,
+                  ttl_seconds: float) -> TokenSigner:
+        """The key of ``plugins.acl.token_key_file`` (never created), else the state
+        dir's (created on first use). Blocking file I/O: call it in a thread."""
+        path = key_path(configured, state_dir)
+        return cls(_load_or_create(path, create=not configured), ttl_seconds)
 
     def mint(self, username: str, *, admin: bool, tags: Iterable[str],
              now: float | None = None, ttl: float | None = None) -> MintedToken:

@@ -1,4 +1,4 @@
-"""cluster: several gateways share their session directory and API keys over Redis Streams.
+"""cluster: gateways share their session directory, API keys and sign-in tokens over Redis.
 
 Off by default (``plugins.cluster.enabled``). With it on, every node publishes a full
 snapshot of each of its sessions at every change (``XADD <stream> MAXLEN ~``, the
@@ -15,6 +15,11 @@ session it names leaves the directory: fail closed). Then:
   created on any node works on every node, a revocation anywhere is applied
   everywhere within a second and ends the key's live streams; each node keeps its
   SQLite copy and serves on while Redis is away (``/readyz`` then says degraded);
+* sign-in credentials (acl's LDAP tokens: id, person, groups, grants, times,
+  revocation; never the token) are replicated the same way, through core's
+  credential hooks: with one signing key shared by every node
+  (``plugins.acl.token_key_file``) a token works on every node, and its revocation
+  anywhere ends its streams everywhere within a second;
 * with the activity plugin on, its events are also written to ``<stream>:activity``.
 
 Module layout: :mod:`.rules` (settings), :mod:`.records` (the entries and their strict
@@ -34,6 +39,7 @@ from .runtime import METRICS, RUNTIME, ClusterRuntime
 
 if TYPE_CHECKING:
     from sessiongate.core import (
+        CredentialRecord,
         GatewayAPI,
         Identity,
         Metric,
@@ -123,6 +129,13 @@ async def sg_key_revoked(gateway: GatewayAPI, key_id: str) -> None:
     runtime = runtime_of(gateway)
     if runtime is not None:
         await runtime.key_changed(key_id)
+
+
+@hookimpl
+def sg_credential_changed(gateway: GatewayAPI, record: CredentialRecord) -> None:
+    runtime = runtime_of(gateway)
+    if runtime is not None:
+        runtime.credential_changed(record)
 
 
 @hookimpl

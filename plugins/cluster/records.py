@@ -1,12 +1,16 @@
 """What the cluster plugin writes to Redis, and the strict reading of it back (S1.DEC).
 
-Two kinds of entry, each a flat map of text fields, on a stream and (the latest per
+Three kinds of entry, each a flat map of text fields, on a stream and (the latest per
 id) in a hash as a JSON object of the same fields:
 
 * :class:`Snapshot`, a **full** session snapshot (S1.DEC.10: applying one is
   last-write-wins, no partial update), on ``<stream>`` (public, documented);
 * :class:`KeyRecord` lines, an API key as other nodes verify it (the secret's
-  digest, never the secret), on ``<stream>:keys``.
+  digest, never the secret), on ``<stream>:keys``;
+* :class:`CredentialRecord` lines, a sign-in credential (an acl login token) as other
+  nodes accept or refuse it (its id, subject, grants, groups, times: never the
+  credential), on ``<stream>:credentials``; last-write-wins by ``updated_at_ms``, a
+  revocation sticky.
 
 Reading is strict: a field not in the schema, a required field missing or blank, a
 value that is not text or an integer (a float, a bool, bytes that are not UTF-8), a
@@ -23,10 +27,11 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sessiongate.core import KeyRecord
+from sessiongate.core import CredentialRecord, KeyRecord
 
-__all__ = ["FORMAT", "REASONS", "Malformed", "Snapshot", "decode_key", "decode_snapshot",
-           "encode_key", "from_json", "to_json"]
+__all__ = ["FORMAT", "REASONS", "Malformed", "Snapshot", "decode_credential", "decode_key",
+           "decode_snapshot", "encode_credential", "encode_key", "from_json", "newer",
+           "to_json"]
 
 #: the format version every entry carries (field ``v``); another version is refused
 FORMAT = "1"
@@ -36,6 +41,9 @@ STATES = frozenset({"OPENING", "READY", "DETACHED", "CLOSING", "CLOSED", "FAULTE
 #: states after which a session is gone from the directory
 ENDED_STATES = frozenset({"CLOSED", "FAULTED"})
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+#: a credential's id and kind: short, printable, no spaces
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_FLAGS = {"0": False, "1": True}
 _MAX_INT = 2**63 - 1
 
 
@@ -57,6 +65,11 @@ SNAPSHOT_SCHEMA: Schema = {
 KEY_SCHEMA: Schema = {
     "v": True, "key_id": True, "name": True, "digest": True, "scopes": True, "tags": True,
     "created_at_ms": True, "revoked_at_ms": False,
+}
+CREDENTIAL_SCHEMA: Schema = {
+    "v": True, "credential_id": True, "kind": True, "subject": True, "name": True,
+    "admin": True, "tags": True, "groups": True, "issued_at_ms": True,
+    "expires_at_ms": True, "revoked_at_ms": False, "updated_at_ms": True,
 }
 
 
@@ -193,6 +206,53 @@ def decode_key(raw: Mapping[Any, Any]) -> KeyRecord:
                      tags=_names(fields, "tags", subject),
                      created_at=_integer(fields, "created_at_ms", subject) / 1000,
                      revoked_at=revoked)
+
+
+def _ms(seconds: float) -> str:
+    return str(round(seconds * 1000))
+
+
+def encode_credential(record: CredentialRecord) -> dict[str, str]:
+    """A credential's replicated fields (never the credential itself)."""
+    return {"v": FORMAT, "credential_id": record.credential_id, "kind": record.kind,
+            "subject": record.subject, "name": record.name,
+            "admin": "1" if record.admin else "0",
+            "tags": json.dumps(sorted(record.tags)), "groups": json.dumps(list(record.groups)),
+            "issued_at_ms": _ms(record.issued_at), "expires_at_ms": _ms(record.expires_at),
+            "revoked_at_ms": "" if record.revoked_at is None else _ms(record.revoked_at),
+            "updated_at_ms": _ms(record.updated_at)}
+
+
+def decode_credential(raw: Mapping[Any, Any]) -> CredentialRecord:
+    """A credential entry's fields as a :class:`~sessiongate.core.CredentialRecord`.
+
+    :raises Malformed: see the module's docstring.
+    """
+    fields = _read(raw, CREDENTIAL_SCHEMA, "credential_id")
+    subject = fields["credential_id"]
+    for name in ("credential_id", "kind"):
+        if not _NAME.fullmatch(fields[name]):
+            raise Malformed("bad_value", f"{name}: not 1-128 of A-Z a-z 0-9 . _ : -",
+                            subject)
+    if fields["admin"] not in _FLAGS:
+        raise Malformed("bad_value", "admin: not 0 or 1", subject)
+
+    def seconds(name: str) -> float:
+        return _integer(fields, name, subject) / 1000
+
+    return CredentialRecord(
+        credential_id=subject, kind=fields["kind"], subject=fields["subject"],
+        name=fields["name"], admin=_FLAGS[fields["admin"]],
+        tags=_names(fields, "tags", subject), groups=_names(fields, "groups", subject),
+        issued_at=seconds("issued_at_ms"), expires_at=seconds("expires_at_ms"),
+        revoked_at=seconds("revoked_at_ms") if fields["revoked_at_ms"].strip() else None,
+        updated_at=seconds("updated_at_ms"))
+
+
+def newer(record: CredentialRecord, known: CredentialRecord | None) -> bool:
+    """Does ``record`` tell more than ``known``: a later version, or a revocation?"""
+    return (known is None or record.updated_at > known.updated_at
+            or (record.revoked and not known.revoked))
 
 
 def to_json(fields: Mapping[str, str]) -> str:

@@ -7,19 +7,27 @@ S1.PIT.3):
 
 * the **reader**: connects (with jittered backoff while Redis is away: the gateway
   serves its own sessions meanwhile, ``/readyz`` says degraded), makes sure this
-  node's consumer group exists on both streams, rebuilds the directory from the
-  snapshot hash and the keys from the keyring, then reads its group (pending entries
-  first, so nothing delivered before a crash is skipped) and applies each entry in
-  stream order, acknowledging after; ``NOGROUP`` (Redis restarted or flushed) starts
-  that over and asks for a resync;
+  node's consumer group exists on its three streams (sessions, keys, sign-in
+  credentials), rebuilds the directory from the snapshot hash, the keys from the
+  keyring and the credentials from the credential ring, then reads its group (pending
+  entries first, so nothing delivered before a crash is skipped) and applies each
+  entry in stream order, acknowledging after; ``NOGROUP`` (Redis restarted or flushed)
+  starts that over and asks for a resync;
 * the **publisher**: takes this node's changes off one bounded queue and writes them
   in batches (``XADD … MAXLEN ~`` and the hash, in one transaction); when a write
   failed, the queue overflowed or the reader reconnected, it republishes the whole of
   this node's state (full snapshots: nothing is lost, last write wins);
 * the **heartbeat**: every few seconds marks this node alive and learns which nodes
-  are; the sessions of a node silent for too long leave the directory;
+  are; the sessions of a node silent for too long leave the directory; expired
+  credentials leave the credential ring;
 * the **activity writer**: ``sg_activity`` events onto ``<stream>:activity``
   (bounded queue, never blocking the caller).
+
+Sign-in credentials (acl's login tokens) are replicated through core's mechanisms only:
+the plugin that issues them announces each change (``sg_credential_changed``), this
+plugin publishes it, and every other node applies it
+(``GatewayAPI.apply_credential_record``: the issuing plugin merges it into its store
+and ends the streams a revocation or a group change no longer allows).
 
 Nothing here blocks a call: the hooks only put on bounded queues and read memory.
 """
@@ -42,16 +50,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sessiongate.core import KeyRecord, StashKey, counter, gauge
+from sessiongate.core import CredentialRecord, KeyRecord, StashKey, counter, gauge
 
 from .directory import Directory
 from .records import (
     Malformed,
     Snapshot,
+    decode_credential,
     decode_key,
     decode_snapshot,
+    encode_credential,
     encode_key,
     from_json,
+    newer,
     to_json,
 )
 from .rules import ClusterSettings
@@ -75,6 +86,7 @@ READ_BLOCK_MS = 1000
 #: the streams are trimmed to about this many entries (XADD MAXLEN ~)
 SESSIONS_MAXLEN = 100_000
 KEYS_MAXLEN = 10_000
+CREDENTIALS_MAXLEN = 10_000
 ACTIVITY_MAXLEN = 100_000
 #: changes waiting for the publisher at most; beyond, the change is dropped, counted,
 #: and the whole state republished once Redis takes writes again
@@ -109,17 +121,18 @@ M_ACTIVITY_DROPPED = "cluster_activity_dropped"
 #: the plugin's metrics (sg_metrics); docs/plugins/cluster.md explains them
 METRICS = (
     counter(M_APPLIED, "Cluster entries read from Redis and applied, by stream.",
-            {"stream": ("sessions", "keys")}),
+            {"stream": ("sessions", "keys", "credentials")}),
     counter(M_DROPPED, "Cluster entries refused, by where they were read (a stream, or "
-            "the snapshot/keyring hash at a rebuild) and why: a field not in the format, a "
-            "field missing or blank, a value of the wrong type or out of range, a key the "
-            "key store could not take (store_failure) or holds with another digest "
-            "(conflict).",
-            {"source": ("sessions", "keys", "snapshot", "keyring"),
+            "the snapshot/keyring/credential ring hash at a rebuild) and why: a field not in "
+            "the format, a field missing or blank, a value of the wrong type or out of "
+            "range, a key or credential the local store could not take (store_failure), or "
+            "holds for another digest or person (conflict).",
+            {"source": ("sessions", "keys", "credentials", "snapshot", "keyring",
+                        "credentialring"),
              "reason": ("unknown_field", "missing_field", "blank_field", "bad_value",
                         "store_failure", "conflict")}),
     counter(M_PUBLISHED, "This node's changes written to Redis, by kind.",
-            {"kind": ("session", "key")}),
+            {"kind": ("session", "key", "credential")}),
     counter(M_PUBLISH_DROPPED, f"This node's changes not written: overflow (more than "
             f"{PUBLISH_CAPACITY} waiting), redis (a write failed). Either way the node "
             "republishes its whole state once Redis takes writes.",
@@ -130,8 +143,9 @@ METRICS = (
             {"cause": ("start", "reconnect", "nogroup", "publish_failed")}),
     counter(M_REDIRECTS, "Calls for a session another node holds, refused with "
                          "FAILED_PRECONDITION and the node's address."),
-    counter(M_REVOCATIONS, "API key revocations made elsewhere and applied to this "
-                           "node's key store."),
+    counter(M_REVOCATIONS, "Revocations made on another node and applied to this node's "
+            "store, by kind: an API key, or a sign-in credential (an LDAP token).",
+            {"kind": ("key", "credential")}),
     counter(M_STREAMS_ENDED, "Live streams this node ended because their key was revoked "
                              "(here or on another node)."),
     gauge(M_REDIS_UP, "1 while this node reads its consumer group from Redis, else 0."),
@@ -199,12 +213,16 @@ class ClusterRuntime:
         self.keys_stream = f"{base}:keys"
         self.snapshot_hash = f"{base}:snapshot"
         self.keyring_hash = f"{base}:keyring"
+        self.credentials_stream = f"{base}:credentials"
+        self.credential_ring = f"{base}:credentialring"
         self.nodes_hash = f"{base}:nodes"
         self.activity_stream = f"{base}:activity"
         self.group = f"node:{self.node_id}"
         self.directory = Directory(self.node_id)
         #: each key as Redis last said (or as this node published it)
         self.keyring: dict[str, KeyRecord] = {}
+        #: each unexpired sign-in credential as Redis last said (or as published here)
+        self.credentials: dict[str, CredentialRecord] = {}
         #: this node's last stamp per live session (snapshots strictly increase)
         self._stamps: dict[str, int] = {}
         #: this node's last published view per live session (repeats are not sent)
@@ -292,6 +310,28 @@ class ClusterRuntime:
             self.keyring[key_id] = record
             self._enqueue(("key", record))
 
+    def credential_changed(self, record: CredentialRecord) -> None:
+        """A sign-in credential changed here: publish it unless Redis has it so already
+        (a record applied from Redis comes back here, and is not sent again)."""
+        merged = self._remember(record)
+        if merged is not None:
+            self._enqueue(("credential", merged))
+
+    def _remember(self, record: CredentialRecord) -> CredentialRecord | None:
+        """Merge ``record`` into the known version of its credential: the newer version
+        wins, a revocation from either stays. The merged record when ``record`` was news
+        (None when it told nothing new)."""
+        known = self.credentials.get(record.credential_id)
+        if not newer(record, known):
+            return None
+        merged = record
+        if known is not None and known.updated_at > record.updated_at:
+            merged = dataclasses.replace(known, revoked_at=record.revoked_at)
+        elif known is not None and known.revoked and not record.revoked:
+            merged = dataclasses.replace(record, revoked_at=known.revoked_at)
+        self.credentials[record.credential_id] = merged
+        return merged
+
     def queue_activity(self, event: Mapping[str, Any]) -> None:
         try:
             self.activity.put_nowait(event)
@@ -347,6 +387,8 @@ class ClusterRuntime:
                 if isinstance(exc, ResponseError) and _is_nogroup(exc):
                     log.info("cluster: Redis lost this node's consumer group (restarted or "
                              "flushed): rebuilding and republishing")
+                    # the publisher waits for the rebuild: what Redis lacks is known then
+                    self.connected.clear()
                     self.request_resync("nogroup")
                     continue
                 self._went_down(exc)  # unreachable, or refusing (auth, memory): retried
@@ -365,7 +407,7 @@ class ClusterRuntime:
 
     async def _sync(self) -> None:
         """Consumer groups, then the directory and keys from the hashes, then resync."""
-        for stream in (self.sessions_stream, self.keys_stream):
+        for stream in (self.sessions_stream, self.keys_stream, self.credentials_stream):
             try:  # a new group starts at the end: the hashes hold everything before it
                 await self.redis.xgroup_create(stream, self.group, id="$", mkstream=True)
             except ResponseError as exc:
@@ -373,6 +415,7 @@ class ClusterRuntime:
                     raise
         await self._rebuild_directory()
         await self._rebuild_keys()
+        await self._rebuild_credentials()
         if self._down_since is not None:
             log.info("cluster: Redis at %s is back after %.1f s; resyncing",
                      self.config.redis_where, time.monotonic() - self._down_since)
@@ -393,11 +436,32 @@ class ClusterRuntime:
         self._count_directory()
 
     async def _rebuild_keys(self) -> None:
-        for field, value in (await self.redis.hgetall(self.keyring_hash)).items():
+        # what Redis holds now (after a flush: nothing), so the resync republishes the rest
+        ring = await self.redis.hgetall(self.keyring_hash)
+        self.keyring.clear()
+        for field, value in ring.items():
             try:
                 await self._apply_key(decode_key(from_json(value)), "keyring", field)
             except Malformed as exc:
                 self._dropped("keyring", field, exc)
+
+    async def _rebuild_credentials(self) -> None:
+        expired = []
+        now = time.time()
+        ring = await self.redis.hgetall(self.credential_ring)
+        self.credentials.clear()  # as for keys: known = what Redis holds
+        for field, value in ring.items():
+            try:
+                record = decode_credential(from_json(value))
+            except Malformed as exc:
+                self._dropped("credentialring", field, exc)
+                continue
+            if record.expires_at <= now:
+                expired.append(field)
+            else:
+                await self._apply_credential(record, "credentialring", field)
+        if expired:
+            await self.redis.hdel(self.credential_ring, *expired)
 
     async def _consume(self) -> None:
         """Pending entries of this consumer first (delivered, never acknowledged), then
@@ -408,7 +472,8 @@ class ClusterRuntime:
             position = "0" if pending else ">"
             reply = await self.redis.xreadgroup(
                 self.group, self.node_id, {self.sessions_stream: position,
-                                           self.keys_stream: position},
+                                           self.keys_stream: position,
+                                           self.credentials_stream: position},
                 count=READ_BATCH, block=None if pending else READ_BLOCK_MS)
             entries = 0
             for stream, messages in reply or ():
@@ -434,6 +499,15 @@ class ClusterRuntime:
             self.directory.apply(snapshot)
             self._count_directory()
             self.metrics.inc(M_APPLIED, stream="sessions")
+        elif stream == self.credentials_stream:
+            try:
+                credential = decode_credential(fields)
+            except Malformed as exc:
+                self._dropped("credentials", entry_id, exc)
+                return
+            if credential.expires_at > time.time():  # an expired one: nothing to apply
+                await self._apply_credential(credential, "credentials", entry_id)
+            self.metrics.inc(M_APPLIED, stream="credentials")
         else:
             try:
                 record = decode_key(fields)
@@ -461,10 +535,39 @@ class ClusterRuntime:
             log.warning("cluster: key %s from %s %s has another digest than the local key "
                         "of that id: ignored", record.key_id, source, _text(entry_id))
         elif outcome == "revoked":
-            self.metrics.inc(M_REVOCATIONS)
+            self.metrics.inc(M_REVOCATIONS, kind="key")
             log.info("cluster: API key %s revoked on another node: applied",
                      record.key_id)
             self._end_streams(record.key_id)
+
+    async def _apply_credential(self, record: CredentialRecord, source: str,
+                                entry_id: Any) -> None:
+        """Into the issuing plugin's store (acl: it ends the streams a revocation or a
+        group change no longer allows before it returns, S1.BEH.6). Known first, so the
+        announcement of the change that follows is not published back. When the merge
+        with what this node knew says more than the record (a revocation of an older
+        version, written over a newer one), the merged record is published: the
+        credential ring must never keep a revoked credential unrevoked."""
+        merged = self._remember(record)
+        if merged is not None and (merged.updated_at, merged.revoked_at) != (
+                record.updated_at, record.revoked_at):
+            self._enqueue(("credential", merged))
+        try:
+            outcome = await self.gateway.apply_credential_record(record)
+        except Exception:
+            self.metrics.inc(M_DROPPED, source=source, reason="store_failure")
+            log.warning("cluster: credential %s from %s %s could not be stored",
+                        record.credential_id, source, _text(entry_id), exc_info=True)
+            return
+        if outcome == "conflict":
+            self.metrics.inc(M_DROPPED, source=source, reason="conflict")
+            log.warning("cluster: credential %s from %s %s names another person than the "
+                        "local one of that id, or cannot be taken: ignored",
+                        record.credential_id, source, _text(entry_id))
+        elif outcome == "revoked":
+            self.metrics.inc(M_REVOCATIONS, kind="credential")
+            log.info("cluster: sign-in credential %s revoked on another node: applied",
+                     record.credential_id)
 
     def _dropped(self, source: str, entry_id: Any, exc: Malformed) -> None:
         """A malformed entry: counted by reason, logged with ids only, and the cached
@@ -506,10 +609,20 @@ class ClusterRuntime:
             except _DISCONNECTED:
                 _unless_cancelled()
                 self.metrics.inc(M_PUBLISH_DROPPED, len(pending), reason="redis")
+                self._unwritten(pending)
                 pending = []
                 self._resync_cause = self._resync_cause or "publish_failed"
                 await asyncio.sleep(jittered(delay))
                 delay = min(delay * 2, BACKOFF_MAX)
+
+    def _unwritten(self, batch: list[tuple[str, Any]]) -> None:
+        """A batch was not written: Redis does not hold its keys and credentials after
+        all, so the resync that follows must publish them again."""
+        for kind, item in batch:
+            if kind == "key":
+                self.keyring.pop(item.key_id, None)
+            elif kind == "credential":
+                self.credentials.pop(item.credential_id, None)
 
     def _drain(self, batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
         while len(batch) < PUBLISH_BATCH:
@@ -524,7 +637,8 @@ class ClusterRuntime:
     async def _whole_state(self) -> list[tuple[str, Any]]:
         """Everything this node holds, as Redis should hold it: every live session, an
         end for each directory entry naming this node whose session is gone (lost in
-        a restart), and every local key Redis lacks or holds unrevoked."""
+        a restart), every local key Redis lacks or holds unrevoked, and every local
+        sign-in credential Redis lacks or holds in an older version."""
         self._published.clear()
         items: list[tuple[str, Any]] = []
         live = {s.session_id: s for s in self.gateway.sessions()}
@@ -544,6 +658,10 @@ class ClusterRuntime:
             if known is None or (known.revoked_at is None and record.revoked_at is not None):
                 self.keyring[record.key_id] = record
                 items.append(("key", record))
+        for credential in await self.gateway.credential_records():
+            merged = self._remember(credential)
+            if merged is not None:
+                items.append(("credential", merged))
         return items
 
     async def _write(self, batch: list[tuple[str, Any]]) -> None:
@@ -551,10 +669,10 @@ class ClusterRuntime:
         if not batch:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
-            sessions = keys = 0
+            counts = dict.fromkeys(("session", "key", "credential"), 0)
             for kind, item in batch:
+                counts[kind] += 1
                 if kind == "session":
-                    sessions += 1
                     fields = item.fields()
                     pipe.xadd(self.sessions_stream, fields, maxlen=SESSIONS_MAXLEN,
                               approximate=True)
@@ -562,17 +680,20 @@ class ClusterRuntime:
                         pipe.hdel(self.snapshot_hash, item.session_id)
                     else:
                         pipe.hset(self.snapshot_hash, item.session_id, to_json(fields))
-                else:
-                    keys += 1
+                elif kind == "key":
                     fields = encode_key(item)
                     pipe.xadd(self.keys_stream, fields, maxlen=KEYS_MAXLEN, approximate=True)
                     pipe.hset(self.keyring_hash, item.key_id, to_json(fields))
+                else:
+                    fields = encode_credential(item)
+                    pipe.xadd(self.credentials_stream, fields, maxlen=CREDENTIALS_MAXLEN,
+                              approximate=True)
+                    pipe.hset(self.credential_ring, item.credential_id, to_json(fields))
             pipe.pexpire(self.snapshot_hash, HASH_TTL_MS)
             await pipe.execute()
-        if sessions:
-            self.metrics.inc(M_PUBLISHED, sessions, kind="session")
-        if keys:
-            self.metrics.inc(M_PUBLISHED, keys, kind="key")
+        for kind, count in counts.items():
+            if count:
+                self.metrics.inc(M_PUBLISHED, count, kind=kind)
 
     # -- the heartbeat -----------------------------------------------------------------------
 
@@ -586,13 +707,19 @@ class ClusterRuntime:
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def beat(self) -> None:
-        """Mark this node alive; drop the sessions of nodes silent too long."""
+        """Mark this node alive; drop the sessions of nodes silent too long, and expired
+        credentials from memory and from the credential ring."""
         now = time.time_ns() // 1_000_000
+        expired = [cid for cid, r in self.credentials.items() if r.expires_at * 1000 <= now]
         async with self.redis.pipeline(transaction=True) as pipe:
+            if expired:
+                pipe.hdel(self.credential_ring, *expired)
             pipe.hset(self.nodes_hash, self.node_id, str(now))
             pipe.pexpire(self.nodes_hash, HASH_TTL_MS)
             pipe.hgetall(self.nodes_hash)
             *_, beats = await pipe.execute()
+        for cid in expired:
+            self.credentials.pop(cid, None)
         for node, value in beats.items():
             text = _text(value)
             if text.isdigit():

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from sessiongate.core import (
         AdoptionRecord,
+        CredentialRecord,
         GatewayAPI,
         Metric,
         Session,
@@ -98,6 +99,16 @@ def sg_session_opened(gateway: GatewayAPI, session: Session) -> None:
 @hookimpl
 def sg_session_adopted(gateway: GatewayAPI, session: Session) -> None:
     DashboardRuntime.attach_mirror(gateway, session)
+
+
+# -- access: a sign-in whose grants changed is checked again at once -----------------------
+
+
+@hookimpl
+def sg_credential_changed(gateway: GatewayAPI, record: CredentialRecord) -> None:
+    runtime = runtime_of(gateway)
+    if runtime is not None:
+        runtime.credential_changed(record.subject)
 
 
 # -- alarms ------------------------------------------------------------------------------

@@ -8,9 +8,11 @@ the gateway at shutdown):
   open overview the sessions its viewer may see (decided afresh for every push), and
   at once, whenever an alarm is raised, the alarm to those who may see it;
 * the **access check**: every ``plugins.acl.revocation_check_interval_seconds`` (1 s
-  without acl) it checks each open live page's sign-in again (a revoked or expired
-  token, a revoked API key) and, for a session page, whether its viewer may still
-  stream that session; a page that fails is told why and closed.
+  without acl), and at once when a sign-in credential of someone with an open page
+  changes (``sg_credential_changed``: revoked, or their directory groups changed), it
+  checks each open live page's sign-in again (a revoked or expired token, a revoked
+  API key; what the token grants *now*) and, for a session page, whether its viewer
+  may still stream that session; a page that fails is told why and closed.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class DashboardRuntime:
         self.alarms: collections.deque[Alarm] = collections.deque(maxlen=ALARMS)
         self._alarm_ids = 0
         self._alarm_raised = asyncio.Event()
+        self._recheck = asyncio.Event()
         self.overviews: set[Listener] = set()
         self.session_pages: set[Listener] = set()
         self.started = False
@@ -166,6 +169,13 @@ class DashboardRuntime:
                 self.forget(listener)
                 ended += 1
         return ended
+
+    def credential_changed(self, subject: str) -> None:
+        """A sign-in credential of ``subject`` (a key id) changed: check the pages of
+        that person now rather than at the next interval."""
+        if any(listener.viewer.identity.key_id == subject
+               for listener in [*self.overviews, *self.session_pages]):
+            self._recheck.set()
 
     # -- what a viewer may see -----------------------------------------------------------
 
@@ -253,7 +263,9 @@ class DashboardRuntime:
 
     async def _check_access(self) -> None:
         while True:
-            await asyncio.sleep(self.check_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recheck.wait(), self.check_interval)
+            self._recheck.clear()
             try:
                 await self.check_access_once()
             except asyncio.CancelledError:

@@ -1399,6 +1399,83 @@ async def test_hook_sg_list_remote_sessions(make_gateway):
     assert seen == [(gw.gateway.api, gw.admin_key.split("_")[1])]
 
 
+# -- sign-in credentials across nodes (sg_credential_changed, sg_apply_credential_record,
+# sg_credential_records) ----------------------------------------------------------------
+
+
+def _credential(kind: str = "contract", **changes: Any) -> Any:
+    from sessiongate.core import CredentialRecord
+
+    values: dict[str, Any] = {
+        "credential_id": "c1", "kind": kind, "subject": "ldap:ann", "name": "ann",
+        "admin": False, "tags": ("t",), "groups": ("cn=g,dc=x",), "issued_at": 1.0,
+        "expires_at": 4e9, "revoked_at": None, "updated_at": 1.5}
+    return CredentialRecord(**{**values, **changes})
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_credential_changed(make_gateway):
+    """``GatewayAPI.announce_credential`` hands the record to every implementation, awaited
+    in order, in the caller's task; one that raises is logged and the next still runs."""
+    seen: list[tuple[str, Any, Any]] = []
+
+    @first
+    async def sg_credential_changed(gateway, record):
+        await asyncio.sleep(0)  # may be async
+        seen.append(("first", gateway, record))
+        raise RuntimeError("a failing observer")
+
+    @hookimpl(trylast=True)
+    def last(gateway, record):
+        seen.append(("last", gateway, record))
+
+    assert impl_args(sg_credential_changed) == spec_args("sg_credential_changed")
+    late = types.SimpleNamespace(__name__="late", sg_credential_changed=last)
+    gw = await make_gateway(extra_plugins=(plugin(sg_credential_changed), late))
+    api = gw.gateway.api
+    record = _credential(revoked_at=2.0)
+    await api.announce_credential(record)
+    assert seen == [("first", api, record), ("last", api, record)]
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_apply_credential_record(make_gateway):
+    """``GatewayAPI.apply_credential_record`` asks each implementation in turn: the first
+    non-None outcome wins; a kind nobody issues is None (acl only takes its ``token``
+    kind, and only with LDAP login on)."""
+    seen: list[tuple[Any, Any]] = []
+
+    @first
+    async def sg_apply_credential_record(gateway, record):
+        seen.append((gateway, record))
+        await asyncio.sleep(0)  # may be async
+        return "added" if record.kind == "contract" else None
+
+    assert impl_args(sg_apply_credential_record) == spec_args("sg_apply_credential_record")
+    gw = await make_gateway(extra_plugins=(plugin(sg_apply_credential_record),))
+    api = gw.gateway.api
+    mine, other = _credential(), _credential("token")
+    assert await api.apply_credential_record(mine) == "added"
+    assert await api.apply_credential_record(other) is None
+    assert seen == [(api, mine), (api, other)]
+
+
+@pytest.mark.asyncio
+async def test_hook_sg_credential_records(make_gateway):
+    """``GatewayAPI.credential_records`` is every implementation's records together."""
+
+    @first
+    async def sg_credential_records(gateway):
+        await asyncio.sleep(0)  # may be async
+        return [_credential(credential_id="c1"), _credential(credential_id="c2")]
+
+    assert impl_args(sg_credential_records) == spec_args("sg_credential_records")
+    gw = await make_gateway(extra_plugins=(plugin(sg_credential_records),))
+    records = await gw.gateway.api.credential_records()
+    # acl (LDAP off here) holds no tokens: only the test plugin's records
+    assert [r.credential_id for r in records] == ["c1", "c2"]
+
+
 def test_every_hookspec_has_a_contract_test():
     from sessiongate.core import PROJECT
 

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sessiongate.plugins.acl import runtime_of
 from sessiongate.plugins.acl.tokens import KEY_FILE, TokenSigner
 
+from .conftest import ADMINS_DN
 from .helpers import attached, rpc_error, stream_end
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.requires_plugin("acl")]
@@ -115,7 +116,7 @@ async def test_an_expiring_token_ends_its_live_stream(make_gateway, slapd):
     gw, _signer = await _ldap_gateway(
         make_gateway, slapd, **{"plugins.acl.revocation_check_interval_seconds": 0.1})
     sid = (await gw.client().open()).session_id
-    minted = await runtime_of(gw.gateway.api).issue("alice", admin=True, tags=(), ttl=2)
+    minted = await runtime_of(gw.gateway.api).issue("alice", groups=(ADMINS_DN,), ttl=2)
     call = gw.client(minted.token).stream(sid)
     await attached(call)
     assert await stream_end(call) == UNAUTH

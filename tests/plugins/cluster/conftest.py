@@ -1,6 +1,7 @@
 """A real ``redis-server`` per test module: on a free 127.0.0.1 port, in a temp dir, no
 persistence, stopped by the fixture; ``restart()`` stops and starts it on the same port
-(a Redis that lost everything, as after a crash without persistence).
+(a Redis that lost everything, as after a crash without persistence). The acl tests'
+real slapd, and a token signing key file for nodes to share.
 
 Without ``redis-server`` the cluster tests are skipped, except in CI (``CI=true``),
 where a missing server is a failure (``.ci/run`` installs it).
@@ -21,6 +22,10 @@ from typing import Any
 import pytest
 
 from sessiongate.testing import stop_server
+
+from ..acl import conftest as acl_tests
+
+slapd = acl_tests.slapd  # the test directory server (a session fixture)
 
 START_TIMEOUT = 10.0
 
@@ -118,3 +123,18 @@ def node_port() -> Any:
     """``node_port()``: a free 127.0.0.1 port for a node's gRPC address (its advertise
     address must be known before it starts)."""
     return free_port
+
+
+@pytest.fixture
+def token_key_file(tmp_path: pathlib.Path) -> str:
+    """An Ed25519 signing key for sign-in tokens (PKCS#8 PEM, 0600), for nodes to share
+    (``plugins.acl.token_key_file``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    path = tmp_path / "token-key.pem"
+    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    path.chmod(0o600)
+    return str(path)

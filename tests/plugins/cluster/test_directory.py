@@ -14,6 +14,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from sessiongate.client import connect, redirect_target
+from sessiongate.core.errors import Unauthenticated
+from sessiongate.plugins.acl import runtime_of as acl_runtime_of
 from sessiongate.testing import http_get, rpc_error, stream_end, wait_for
 from sessiongate.v1 import gateway_pb2
 
@@ -105,8 +107,54 @@ async def test_keys_are_replicated_and_revocations_end_streams_elsewhere(
     code, details = await stream_end(call)
     assert code == grpc.StatusCode.UNAUTHENTICATED and "revoked" in details
     assert loop.time() - revoked_at < 1.0  # b sees it (0.25 s), a applies it, the stream ends
-    assert a.gateway.metrics.get("cluster_revocations_applied") == 1
+    assert a.gateway.metrics.get("cluster_revocations_applied", kind="key") == 1
     assert a.gateway.metrics.get("cluster_streams_ended") == 1
+
+
+async def until_accepted(gw: Any, credential: str) -> None:
+    """Wait until ``gw`` accepts ``credential`` (its record replicated from elsewhere)."""
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            try:
+                await gw.gateway.api.authenticate_credential(credential)
+                return
+            except Unauthenticated:
+                await asyncio.sleep(0.02)
+
+
+@pytest.mark.asyncio
+async def test_sign_in_tokens_work_everywhere_and_a_sign_out_ends_streams_elsewhere(
+        start_node, redis_server, stream, slapd, token_key_file):
+    ldap = {**slapd.settings(), "plugins.acl.token_key_file": token_key_file}
+    a = await start_node("a", redis_server.url, **ldap)
+    b = await start_node("b", redis_server.url, **ldap)
+    token = (await a.client("").login("alice", "alice-pw")).token  # issued on a
+    await until_accepted(b, token)
+    sid = (await b.client().open()).session_id
+    call = b.client(token).stream(sid)  # used on b
+    assert (await call.read()).caught_up
+    # a malformed record changes nothing (dropped, counted)
+    async with aioredis.Redis.from_url(redis_server.url) as r:
+        await r.xadd(f"{stream}:credentials", {"v": "1", "credential_id": "x", "token": "t"})
+    await wait_for(lambda: b.gateway.metrics.get("cluster_entries_dropped",
+                                                 source="credentials",
+                                                 reason="unknown_field") == 1, TIMEOUT)
+    assert await a.gateway.api.revoke_credential(token)  # signed out on a
+    loop = asyncio.get_running_loop()
+    revoked_at = loop.time()
+    code, details = await stream_end(call)
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "has been revoked" in details
+    assert loop.time() - revoked_at < 1.0
+    assert b.gateway.metrics.get("cluster_revocations_applied", kind="credential") == 1
+    assert b.gateway.metrics.get("cluster_entries_applied", stream="credentials") >= 2
+    assert a.gateway.metrics.get("cluster_published", kind="credential") >= 2
+    # a node that starts now learns the revoked token from the credential ring
+    c = await start_node("c", redis_server.url, **ldap)
+    token_id = acl_runtime_of(a.gateway.api).tokens.verify(token).token_id
+    await wait_for(lambda: token_id in runtime(c).credentials, TIMEOUT)
+    error = await rpc_error(c.client(token).list())
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "has been revoked" in error.details()
 
 
 def _has_key(gw: Any, key_id: str) -> bool:
@@ -160,6 +208,9 @@ async def test_redis_lost_everything_the_directory_resyncs(
         a.gateway.metrics.get("cluster_resyncs", cause="reconnect") >= 1
     async with aioredis.Redis.from_url(redis_server.url) as r:
         assert await r.hexists(f"{stream}:snapshot", first)
+        # the keys come back too (a node republishes what Redis no longer holds)
+        key_id = a.admin_key.split("_")[1]
+        await wait_for_async(lambda: r.hexists(f"{stream}:keyring", key_id))
 
 
 @pytest.mark.asyncio

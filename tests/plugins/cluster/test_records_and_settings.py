@@ -8,15 +8,18 @@ from typing import Any
 
 import pytest
 
-from sessiongate.core import KeyRecord
+from sessiongate.core import CredentialRecord, KeyRecord
 from sessiongate.plugins.cluster.directory import Directory
 from sessiongate.plugins.cluster.records import (
     Malformed,
     Snapshot,
+    decode_credential,
     decode_key,
     decode_snapshot,
+    encode_credential,
     encode_key,
     from_json,
+    newer,
     to_json,
 )
 from sessiongate.testing import write_config
@@ -87,6 +90,67 @@ def test_a_key_record_carries_the_digest_never_a_secret():
         with pytest.raises(Malformed) as info:
             decode_key({**fields, **bad})
         assert info.value.reason == "bad_value" and info.value.subject == "abc"
+
+
+CREDENTIAL = CredentialRecord(
+    credential_id="0123456789abcdef", kind="token", subject="ldap:ann", name="ann",
+    admin=True, tags=("line-1", "line-2"), groups=("cn=Ops,ou=groups,dc=x", "cn=b,dc=x"),
+    issued_at=1700000000.0, expires_at=1700001800.0, revoked_at=None,
+    updated_at=1700000000.123)
+
+
+def test_a_credential_record_round_trips_and_carries_no_token():
+    fields = encode_credential(CREDENTIAL)
+    assert set(fields) == {"v", "credential_id", "kind", "subject", "name", "admin", "tags",
+                           "groups", "issued_at_ms", "expires_at_ms", "revoked_at_ms",
+                           "updated_at_ms"}
+    assert fields["admin"] == "1" and fields["updated_at_ms"] == "1700000000123"
+    assert decode_credential(fields) == CREDENTIAL
+    assert decode_credential(from_json(to_json(fields))) == CREDENTIAL
+    as_bytes = {k.encode(): v.encode() for k, v in fields.items()}
+    assert decode_credential(as_bytes) == CREDENTIAL  # what redis-py hands over
+    revoked = decode_credential({**fields, "revoked_at_ms": "1700000100000"})
+    assert revoked.revoked_at == 1700000100.0 and revoked.revoked
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"token": "x"}, "unknown_field"),                  # S1.DEC.2: never a token field
+    ({"groups": None}, "missing_field"),                # S1.DEC.3
+    ({"revoked_at_ms": None}, "missing_field"),         # present even when empty
+    ({"kind": " "}, "blank_field"),                     # S1.DEC.5
+    ({"subject": ""}, "blank_field"),
+    ({"credential_id": ""}, "blank_field"),
+    ({"expires_at_ms": 1.5}, "bad_value"),              # S1.DEC.4/6: a float
+    ({"updated_at_ms": False}, "bad_value"),            # a bool
+    ({"name": b"\xff"}, "bad_value"),                   # bytes that are not UTF-8
+    ({"issued_at_ms": "soon"}, "bad_value"),            # S1.DEC.7: not a number
+    ({"revoked_at_ms": "-5"}, "bad_value"),
+    ({"updated_at_ms": str(2**63)}, "bad_value"),       # beyond int64
+    ({"admin": "yes"}, "bad_value"),                    # 0 or 1 only
+    ({"tags": "line-1"}, "bad_value"),                  # a JSON list of strings
+    ({"groups": "[1]"}, "bad_value"),
+    ({"kind": "a kind"}, "bad_value"),                  # no spaces, short
+    ({"credential_id": "x" * 129}, "bad_value"),
+    ({"v": "2"}, "bad_value"),
+])
+def test_each_rule_refuses_the_whole_credential_entry_naming_it(change, reason):
+    raw = {k: v for k, v in {**encode_credential(CREDENTIAL), **change}.items()
+           if v is not None}
+    with pytest.raises(Malformed) as info:
+        decode_credential(raw)
+    assert info.value.reason == reason
+    named = change.get("credential_id", CREDENTIAL.credential_id)
+    assert info.value.subject == (named if named else None)
+
+
+def test_a_credential_record_is_news_when_newer_or_newly_revoked():
+    older = CREDENTIAL
+    later = CredentialRecord(**{**older.__dict__, "updated_at": older.updated_at + 0.001})
+    revoked_older = CredentialRecord(**{**older.__dict__, "revoked_at": 1.0})
+    assert newer(older, None) and newer(later, older) and not newer(older, later)
+    assert not newer(older, older)
+    assert newer(revoked_older, later)  # a revocation is news whatever its version
+    assert newer(later, revoked_older)  # news too: the node's merge keeps the revocation
 
 
 def test_the_directory_is_last_write_wins_and_forgets_ended_sessions():

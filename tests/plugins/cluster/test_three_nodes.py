@@ -1,6 +1,8 @@
-"""Three real gateway processes (``sessiongate serve``) on one real redis-server: calls
-through any node reach the session (client and CLI follow the redirect), a key made on
-one node works everywhere and its revocation ends streams on another within a second,
+"""Three real gateway processes (``sessiongate serve``) on one real redis-server and the
+acl tests' real slapd: calls through any node reach the session (client and CLI follow
+the redirect), a key made on one node works everywhere and its revocation ends streams
+on another within a second, an LDAP sign-in token issued by one node works on another
+and its revocation on a third ends its stream within a second (one shared signing key),
 a restarted node rebuilds its directory, and a clean stop logs no error."""
 
 from __future__ import annotations
@@ -25,14 +27,15 @@ TIMEOUT = 15.0
 
 
 def node(gateway_process: Any, tmp_path: Any, name: str, port: int, redis_url: str,
-         stream: str) -> Any:
+         stream: str, ldap: dict[str, Any]) -> Any:
     address = f"127.0.0.1:{port}"
     return gateway_process(**{
         "state_dir": str(tmp_path / f"state-{name}"), "runtime_dir": str(tmp_path / f"r-{name}"),
         "server.grpc_address": address, "plugins.cluster.enabled": True,
         "plugins.cluster.redis_url": redis_url, "plugins.cluster.stream": stream,
         "plugins.cluster.node_id": name, "plugins.cluster.advertise_address": address,
-        "plugins.acl.revocation_check_interval_seconds": 5})  # cluster ends streams first
+        # replication ends streams first, not the periodic check
+        "plugins.acl.revocation_check_interval_seconds": 5, **ldap})
 
 
 def cli(*args: str, config: Any) -> subprocess.CompletedProcess[str]:
@@ -40,16 +43,20 @@ def cli(*args: str, config: Any) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-async def until_accepted(address: str, key: str) -> None:
-    """Wait until the node at ``address`` accepts ``key`` (replicated from elsewhere)."""
+async def until_accepted(address: str, key: str, *, accepted: bool = True) -> str:
+    """Wait until the node at ``address`` accepts ``key`` (replicated from elsewhere), or
+    with ``accepted=False`` refuses it (``UNAUTHENTICATED``: its details)."""
     async with connect(address, key) as client, asyncio.timeout(TIMEOUT):
         while True:
             try:
                 await client.list()
-                return
+                if accepted:
+                    return ""
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
                     raise
+                if not accepted:
+                    return exc.details() or ""
             await asyncio.sleep(0.05)
 
 
@@ -59,10 +66,12 @@ def no_errors(log: str) -> bool:
     return "ERROR" not in levels and "CRITICAL" not in levels and "Traceback" not in log
 
 
-async def test_three_nodes(gateway_process, tmp_path, redis_server, node_port):
+async def test_three_nodes(gateway_process, tmp_path, redis_server, node_port, slapd,
+                           token_key_file):
     stream = "three:sessions"
+    ldap = {**slapd.settings(), "plugins.acl.token_key_file": token_key_file}
     ports = {name: node_port() for name in "abc"}
-    nodes = {name: node(gateway_process, tmp_path, name, port, redis_server.url, stream)
+    nodes = {name: node(gateway_process, tmp_path, name, port, redis_server.url, stream, ldap)
              for name, port in ports.items()}
     a, b, c = nodes["a"], nodes["b"], nodes["c"]
     admin = a.stdout.strip().splitlines()[-1]  # a's bootstrap key, replicated to b and c
@@ -116,14 +125,33 @@ async def test_three_nodes(gateway_process, tmp_path, redis_server, node_port):
         assert code == grpc.StatusCode.UNAUTHENTICATED and key_id in details
         assert took < 1.0, f"the stream ended {took:.2f} s after the revocation"
 
+    # an LDAP sign-in on a works on b; `tokens revoke` on c ends its stream on a within a
+    # second, and b refuses it
+    async with connect(a.address, "") as anonymous:
+        grant = await anonymous.login("alice", "alice-pw")
+    await until_accepted(b.address, grant.token)
+    async with connect(a.address, grant.token) as alice:
+        call = alice.stream(sid)
+        assert (await call.read()).caught_up
+        revoked = cli("tokens", "revoke", grant.token_id, config=c.config)
+        assert revoked.returncode == 0, revoked.stderr
+        since = time.monotonic()
+        code, details = await asyncio.wait_for(stream_end(call), TIMEOUT)
+        took = time.monotonic() - since
+        assert code == grpc.StatusCode.UNAUTHENTICATED and grant.token_id in details
+        assert took < 1.0, f"the stream ended {took:.2f} s after the revocation"
+    refused = await until_accepted(b.address, grant.token, accepted=False)
+    assert "has been revoked" in refused
+
     # b restarts (a clean stop: no error logged) and rebuilds its directory
     b.signal(signal.SIGTERM)
     assert b.wait(30) == 0
     assert no_errors(b.log), b.log
-    b2 = node(gateway_process, tmp_path, "b", ports["b"], redis_server.url, stream)
+    b2 = node(gateway_process, tmp_path, "b", ports["b"], redis_server.url, stream, ldap)
     async with connect(b2.address, admin) as via_b2:
         assert (await via_b2.get(sid)).session_id == sid  # from the snapshot hash at once
     status, _body = await http_get(b2.http_address, "/readyz")
     assert status == 200
     metrics = (await http_get(a.http_address, "/metrics"))[1]
-    assert "sessiongate_cluster_revocations_applied_total 1.0" in metrics
+    for kind in ("key", "credential"):
+        assert f'sessiongate_cluster_revocations_applied_total{{kind="{kind}"}} 1.0' in metrics

@@ -19,6 +19,8 @@ from sessiongate.core.errors import Unauthenticated
 from sessiongate.core.sessions.session import SessionState
 from sessiongate.testing import open_streaming, wait_for
 
+from ..acl.conftest import VIEWERS_DN
+from ..acl.helpers import attached, leave, person, stream_end
 from .helpers import TIMEOUT, SlowReader, read_sequences
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.once]
@@ -184,6 +186,37 @@ async def test_a_revoked_token_loses_its_live_feed(dashboard, web):
     assert gw.gateway.metrics.get("dashboard_pages_cut_off", reason="credential") == 2
     async with victor.stream(f"/sessions/{sid}/events") as again:
         assert again.status == 401
+
+
+async def test_a_viewer_taken_out_of_the_group_loses_feed_and_stream(dashboard, web, slapd):
+    """The directory changes under a signed-in viewer: acl reads their groups again (with
+    the service account) and the session page's feed and the gRPC stream both end within
+    the interval; the token lives on, granting nothing."""
+    interval = 0.5
+    gw = await dashboard(**{"plugins.acl.revocation_check_interval_seconds": interval})
+    sid = (await gw.client().open(tag="line-1")).session_id
+    async with person(slapd, VIEWERS_DN) as (uid, password):
+        viewer = await web(gw).signed_in(uid, password)
+        call = gw.client(viewer.cookie().value).stream(sid)
+        await attached(call)
+        async with viewer.stream(f"/sessions/{sid}/events") as feed:
+            assert feed.status == 200
+            await gw.client().invoke_json(sid, "write", {"tag": "t", "value": 1})
+            assert (await feed.until("event")).data["seq"] == 1
+            await leave(slapd, uid, VIEWERS_DN)
+            loop = asyncio.get_running_loop()
+            started = loop.time()  # the change is in the directory
+            denied = await feed.until("denied")
+            feed_took = loop.time() - started
+            assert "no longer watch" in denied.data["text"]
+            assert await feed.end() == []
+            assert await stream_end(call) == grpc.StatusCode.PERMISSION_DENIED
+            stream_took = loop.time() - started
+        for took in (feed_took, stream_took):  # the next refresh, the directory's answer
+            assert took < interval + 0.5, f"ended {took:.2f} s after the change"
+        assert (await viewer.get(f"/sessions/{sid}"))[0] == 403
+        assert await first_snapshot(viewer) == set()  # still signed in: sees nothing
+    assert gw.gateway.metrics.get("dashboard_pages_cut_off", reason="permission") == 1
 
 
 async def test_api_key_sign_in_and_key_revocation(dashboard, web):
