@@ -40,11 +40,6 @@ FAST = {"plugins.acl.revocation_check_interval_seconds": INTERVAL}
 LINE_2 = f"cn=line2-viewers,{GROUPS}"  # never created: mapped only in settings
 
 
-async def _ended_within(call, started: float) -> tuple[grpc.StatusCode, float]:
-    code = await stream_end(call)
-    return code, asyncio.get_running_loop().time() - started
-
-
 async def test_a_viewer_taken_out_of_the_group_loses_the_stream_within_the_interval(
         make_gateway, slapd):
     gw = await make_gateway(**slapd.settings(), **FAST)
@@ -55,11 +50,15 @@ async def test_a_viewer_taken_out_of_the_group_loses_the_stream_within_the_inter
         call = viewer.stream(sid)
         await attached(call)
         await leave(slapd, uid, VIEWERS_DN)
-        code, took = await _ended_within(call, asyncio.get_running_loop().time())
+        rounds = gw.gateway.metrics.get("acl_group_refreshes", outcome="ok")
+        code = await stream_end(call)
         assert code == DENIED
         assert f"ldap:{uid} may no longer stream session {sid}" in await call.details()
-        # the next refresh round (at most INTERVAL away) plus the directory's answer
-        assert took < INTERVAL + 0.5, f"the stream ended {took:.2f} s after the change"
+        # counted in refresh rounds (one each INTERVAL), not seconds: the round under way
+        # at the change may have read the old groups, the next one ends the stream (and
+        # on a busy machine one more may finish before this reader sees the end)
+        after = gw.gateway.metrics.get("acl_group_refreshes", outcome="ok") - rounds
+        assert after <= 3, f"the stream ended {after:g} refresh rounds after the change"
         # the token itself still works: it now grants nothing
         assert await viewer.list() == []
         assert (await rpc_error(viewer.get(sid))).code() == DENIED
