@@ -233,21 +233,24 @@ class Session:
         self.problems: list[str] = []
 
     async def start(self, opening: asyncio.Semaphore) -> None:
-        """Open, attach every subscriber (the caught-up marker read), then start the timer."""
+        """Open, attach every subscriber (the caught-up marker read), then start the
+        timer; a few sessions at a time (``opening``), as clients arrive, not all at once."""
         async with opening:
             self.session_id = (await self.client.open(client_name="soak")).session_id
-        for sub in self.subscribers:
-            self.readers.append(asyncio.create_task(sub.read(self.client.stream(
-                self.session_id, subscriber_id=f"soak-{len(self.readers)}"))))
-        for sub in self.subscribers:
-            await sub.attached.wait()
-        await self.client.invoke_json(self.session_id, "subscribe",
-                                      {"tag": "t", "interval_ms": self.interval_ms})
+            for sub in self.subscribers:
+                self.readers.append(asyncio.create_task(sub.read(self.client.stream(
+                    self.session_id, subscriber_id=f"soak-{len(self.readers)}"))))
+            for sub in self.subscribers:
+                await sub.attached.wait()
+            await self.client.invoke_json(self.session_id, "subscribe",
+                                          {"tag": "t", "interval_ms": self.interval_ms})
 
-    async def finish(self) -> None:
+    async def finish(self, closing: asyncio.Semaphore) -> None:
         """Stop the timer, write the end marker, let every subscriber reach it, close."""
-        await self.client.invoke_json(self.session_id, "unsubscribe", {"tag": "t"})
-        await self.client.invoke_json(self.session_id, "write", {"tag": END_TAG, "value": 0})
+        async with closing:
+            await self.client.invoke_json(self.session_id, "unsubscribe", {"tag": "t"})
+            await self.client.invoke_json(self.session_id, "write",
+                                          {"tag": END_TAG, "value": 0})
         try:
             async with asyncio.timeout(DRAIN_SECONDS):
                 for sub in self.subscribers:
@@ -276,7 +279,8 @@ async def client_process(config: dict[str, Any]) -> dict[str, Any]:
         await asyncio.gather(*(session.start(opening) for session in sessions))
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
-        await asyncio.gather(*(session.finish() for session in sessions))
+        closing = asyncio.Semaphore(config["open_concurrency"])
+        await asyncio.gather(*(session.finish(closing) for session in sessions))
     finally:
         for channel in channels:
             await channel.close()

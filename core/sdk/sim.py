@@ -96,7 +96,7 @@ class Sim(Backend):
             self.values[tag] = value
             self.emit("data_change", {"tag": tag, "value": value})
             # paced: while the gateway holds back credit the ticks wait, none is dropped
-            await self.drain()
+            await self.credit()
 
     @command()
     async def burst(self, payload: Any) -> dict[str, Any]:

@@ -169,6 +169,16 @@ class Backend:
         least ``max_unsent_events / 2`` more events fit without loss."""
         await self._runtime.drain()
 
+    async def credit(self) -> None:
+        """Wait until the gateway takes more events (at once when it does, or when it
+        does not pace this worker; also while the gateway is away: see reattach).
+
+        For a source on its own clock (a timer, a poll), awaited before each event:
+        while the gateway holds back, the source waits - its ticks come late, none is
+        lost - instead of running on and filling the unsent buffer, and the worker
+        uses no CPU the gateway needs."""
+        await self._runtime.credit()
+
     @classmethod
     def commands(cls) -> dict[str, tuple[str, bool]]:
         found: dict[str, tuple[str, bool]] = {}
@@ -242,6 +252,8 @@ class WorkerRuntime:
         self._overrun = False  # events were dropped since the last frame sent
         self.overrun_events = 0  # dropped by overrun, in total
         self._room = asyncio.Event()  # set when the unsent buffer is at most half full
+        self._unblocked = asyncio.Event()  # set when no unsent event waits for credit
+        self._unblocked.set()
         self._flush_scheduled = False
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -405,11 +417,19 @@ class WorkerRuntime:
     def _wake_drainers(self) -> None:
         if self._has_room():
             self._room.set()
+        if not self._blocked:
+            self._unblocked.set()
 
     def _set_credit(self, credit: worker_pb2.Credit) -> None:
         self._through = credit.through_count if credit.paced else None
         if self._blocked or self._through is None:
             self._flush()
+
+    async def credit(self) -> None:
+        self._flush()
+        while self._blocked:
+            self._unblocked.clear()
+            await self._unblocked.wait()
 
     async def drain(self) -> None:
         self._flush()

@@ -15,9 +15,10 @@ import sys
 import grpc
 import pytest
 
-from sessiongate.core.sdk.worker import MAX_UNSENT_EVENTS
+from sessiongate.core.sdk.sim import Sim
+from sessiongate.core.sdk.worker import MAX_UNSENT_EVENTS, WorkerRuntime
 from sessiongate.testing import open_streaming, stream_end, wait_for
-from sessiongate.v1 import gateway_pb2
+from sessiongate.v1 import gateway_pb2, worker_pb2
 
 pytestmark = pytest.mark.asyncio
 
@@ -223,3 +224,39 @@ async def test_a_resume_reads_a_ring_far_larger_than_the_subscriber_bound(make_g
     assert gaps == [] and seqs == list(range(1, count + 1))
     for call in (live, resumed):
         call.cancel()
+
+
+class _Writer:
+    """A connection that takes every frame (the gateway's pacing is the credit)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    def write(self, data: bytes) -> None:
+        self.frames += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    async def drain(self) -> None:
+        return None
+
+
+@pytest.mark.asyncio
+async def test_a_clocked_source_waits_for_credit_instead_of_piling_events_up():
+    """Backend.credit() - what sim's subscribe timer awaits before each tick - returns
+    while the gateway takes events and waits, without spinning, while it holds back."""
+    runtime = WorkerRuntime(socket_path="unused", session_id="s", nonce=b"",
+                            backend_cls=Sim, backend_name="sim", max_frame=1 << 22)
+    runtime._writer = _Writer()
+    backend = runtime.backend
+    await backend.credit()  # unpaced: at once
+    runtime._set_credit(worker_pb2.Credit(paced=True, through_count=2))
+    for _ in range(3):
+        backend.emit("tick", 1)
+    waiting = asyncio.ensure_future(backend.credit())
+    await asyncio.sleep(0)
+    assert not waiting.done()  # two sent, the third waits on the gateway
+    runtime._set_credit(worker_pb2.Credit(paced=True, through_count=3))
+    await asyncio.wait_for(waiting, 5)
+    assert runtime._writer.frames >= 2 and not runtime._unsent
