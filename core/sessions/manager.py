@@ -118,7 +118,8 @@ class SessionManager:
         self.worker_config = WorkerConfig(settings, metrics)
         self._count_delivered = metrics.child("events_delivered")
         #: holds workers' credit while the event loop lags (events.max_loop_lag_ms)
-        self.governor = CreditGovernor(int(settings.events.max_loop_lag_ms) / 1000, metrics)
+        self.governor = CreditGovernor(int(settings.events.max_loop_lag_ms) / 1000, metrics,
+                                       on_hold=self._hold_credit)
         self.tasks = OwnedTasks()
         self._sweeper: asyncio.Task[None] | None = None
         self.accepting = True
@@ -142,6 +143,11 @@ class SessionManager:
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         return self.tasks.spawn(coro, name)
+
+    def _hold_credit(self) -> None:
+        """The event loop lags: every paced worker stops until the governor releases."""
+        for session in self.live.values():
+            session.hold_credit()
 
     def start(self) -> None:
         self._sweeper = self.spawn(self._sweep(), "lease-sweeper")

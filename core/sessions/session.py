@@ -204,6 +204,15 @@ class Session:
         else:
             self._governor.grant(self.session_id, self._send_grant)
 
+    def hold_credit(self) -> None:
+        """The governor holds credit: a paced worker may send nothing more (a grant of 0)
+        until the governor hands its grant back."""
+        dist, worker = self.distributor, self.worker
+        if self._governor is None or worker is None or dist is None or dist.granted is None:
+            return  # not paced: it runs free by design
+        worker.grant(0)
+        self._governor.grant(self.session_id, self._send_grant)
+
     def _send_grant(self) -> None:
         """The distributor's grant as it is now (it may have moved while held back)."""
         dist, worker = self.distributor, self.worker

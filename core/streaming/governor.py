@@ -9,11 +9,13 @@ in the server long enough for gRPC to cancel them, although every subscriber kee
 up.
 
 So the governor measures the loop's lag (how late a short sleep wakes up) every
-``PROBE_SECONDS``. While it is over ``events.max_loop_lag_ms`` it *holds* credit:
-a session whose distributor grants its worker more events is noted instead, and its
-worker stops once it has used what it already had. When the lag is back under the
-limit, the held sessions get their current grant, oldest first. Events are delayed,
-never dropped; the load the gateway takes settles where a loop turn stays short.
+``PROBE_SECONDS``. When it goes over ``events.max_loop_lag_ms`` the governor *holds*
+credit: every paced worker is told to send nothing more for now (a grant of 0: a
+window of thousands of events granted earlier would otherwise keep it producing for
+minutes), and a session whose distributor grants more is noted instead. When the lag
+is back under the limit, the held sessions get their current grant, oldest first.
+Events are delayed, never dropped; the load the gateway takes settles where a loop
+turn stays short.
 
 Counted: ``credit_holds`` (times the governor began holding), ``credit_held_sessions``
 (sessions waiting now) and ``event_loop_lag_seconds`` (the last lag measured).
@@ -41,10 +43,14 @@ class CreditGovernor:
     """Holds workers' credit while the event loop lags (see the module docstring).
 
     :param max_lag: seconds of lag beyond which credit is held; 0 never holds.
+    :param on_hold: called when holding begins, to stop the workers that still have
+        credit (each then registers its grant with :meth:`grant`, to get it back).
     """
 
-    def __init__(self, max_lag: float, metrics: Metrics | None = None) -> None:
+    def __init__(self, max_lag: float, metrics: Metrics | None = None,
+                 on_hold: Callable[[], None] | None = None) -> None:
         self.max_lag = max_lag
+        self._on_hold = on_hold
         self.holding = False
         self.lag = 0.0
         self._metrics = metrics
@@ -77,6 +83,8 @@ class CreditGovernor:
                 if self._metrics is not None:
                     self._metrics.inc("credit_holds")
                 log.debug("event loop %.0f ms behind: holding workers' credit", lag * 1000)
+                if self._on_hold is not None:
+                    self._on_hold()
             return
         self.holding = False
         held, self._held = self._held, {}

@@ -57,3 +57,23 @@ def test_zero_never_holds():
     governor.grant("a", lambda: sent.append("a"))
     assert sent == ["a"] and not governor.holding and metrics.get("credit_holds") == 0
     assert governor.lag == 10.0
+
+
+def test_holding_begins_by_stopping_the_workers_that_still_have_credit():
+    """A worker granted a window earlier would keep producing through a hold: on_hold
+    (the manager's: a grant of 0 to each paced worker) runs once as holding begins,
+    and what it registers is handed back on release."""
+    sent: list[str] = []
+    stops: list[int] = []
+    governor: CreditGovernor
+
+    def stop_all() -> None:
+        stops.append(1)
+        governor.grant("a", lambda: sent.append("a restored"))
+
+    governor = CreditGovernor(0.1, Metrics(CORE_METRICS), on_hold=stop_all)
+    governor.observe(0.5)
+    governor.observe(0.6)
+    assert stops == [1] and governor.held_sessions() == 1 and sent == []
+    governor.observe(0.0)
+    assert sent == ["a restored"]
