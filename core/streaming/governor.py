@@ -13,7 +13,9 @@ So the governor measures the loop's lag (how late a short sleep wakes up) every
 credit: every paced worker is told to send nothing more for now (a grant of 0: a
 window of thousands of events granted earlier would otherwise keep it producing for
 minutes), and a session whose distributor grants more is noted instead. When the lag
-is back under the limit, the held sessions get their current grant, oldest first.
+has stayed under half the limit for ``CALM_PROBES`` measurements in a row (so that a
+hold is not lifted by one quiet turn, only to begin again at the next), the held
+sessions get their current grant, oldest first.
 Events are delayed, never dropped; the load the gateway takes settles where a loop
 turn stays short.
 
@@ -31,12 +33,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sessiongate.core.metrics import Metrics
 
-__all__ = ["PROBE_SECONDS", "CreditGovernor"]
+__all__ = ["CALM_PROBES", "PROBE_SECONDS", "CreditGovernor"]
 
 log = logging.getLogger("sessiongate.gateway")
 
 #: how often the loop's lag is measured
 PROBE_SECONDS = 0.05
+#: measurements in a row under half the limit that end a hold
+CALM_PROBES = 4
 
 
 class CreditGovernor:
@@ -53,6 +57,7 @@ class CreditGovernor:
         self._on_hold = on_hold
         self.holding = False
         self.lag = 0.0
+        self._calm = 0  # measurements in a row under half the limit, while holding
         self._metrics = metrics
         #: what to call, per session, once credit flows again (insertion order: oldest first)
         self._held: dict[str, Callable[[], None]] = {}
@@ -78,6 +83,7 @@ class CreditGovernor:
         if self.max_lag <= 0:
             return
         if lag > self.max_lag:
+            self._calm = 0
             if not self.holding:
                 self.holding = True
                 if self._metrics is not None:
@@ -86,7 +92,13 @@ class CreditGovernor:
                 if self._on_hold is not None:
                     self._on_hold()
             return
+        if not self.holding:
+            return
+        self._calm = self._calm + 1 if lag <= self.max_lag / 2 else 0
+        if self._calm < CALM_PROBES:
+            return
         self.holding = False
+        self._calm = 0
         held, self._held = self._held, {}
         for send in held.values():
             send()

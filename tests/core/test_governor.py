@@ -5,12 +5,18 @@ first - once it does not. Driven by measurements given to it, never by the clock
 from __future__ import annotations
 
 from sessiongate.core.metrics import CORE_METRICS, Metrics
-from sessiongate.core.streaming.governor import CreditGovernor
+from sessiongate.core.streaming.governor import CALM_PROBES, CreditGovernor
 
 
 def _governor(max_lag: float = 0.1) -> tuple[CreditGovernor, Metrics]:
     metrics = Metrics(CORE_METRICS)
     return CreditGovernor(max_lag, metrics), metrics
+
+
+def _calm(governor: CreditGovernor) -> None:
+    """Enough quiet measurements in a row to end a hold."""
+    for _ in range(CALM_PROBES):
+        governor.observe(0.01)
 
 
 def test_credit_passes_at_once_while_the_loop_keeps_up():
@@ -33,7 +39,10 @@ def test_a_lagging_loop_holds_credit_until_it_catches_up():
     assert sent == [] and governor.held_sessions() == 2
     governor.observe(0.3)  # still behind: one hold, counted once
     assert sent == [] and metrics.get("credit_holds") == 1
-    governor.observe(0.01)
+    for lag in [0.01] * (CALM_PROBES - 1) + [0.07]:  # one turn over half the limit
+        governor.observe(lag)
+    assert sent == [] and governor.holding  # calm, but not long enough yet
+    _calm(governor)
     # oldest first; the session's first sender reads its newest grant when called
     assert sent == ["a1", "b"] and not governor.holding and governor.held_sessions() == 0
     governor.observe(0.5)
@@ -46,8 +55,8 @@ def test_an_ended_session_is_forgotten():
     governor.observe(1.0)
     governor.grant("gone", lambda: sent.append("gone"))
     governor.forget("gone")
-    governor.observe(0.0)
-    assert sent == []
+    _calm(governor)
+    assert sent == [] and not governor.holding
 
 
 def test_zero_never_holds():
@@ -75,5 +84,5 @@ def test_holding_begins_by_stopping_the_workers_that_still_have_credit():
     governor.observe(0.5)
     governor.observe(0.6)
     assert stops == [1] and governor.held_sessions() == 1 and sent == []
-    governor.observe(0.0)
+    _calm(governor)
     assert sent == ["a restored"]
