@@ -463,8 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", type=int, default=4, help="per session")
     parser.add_argument("--minutes", type=float, default=10.0,
                         help="how long the load runs once every session is loaded")
-    parser.add_argument("--warmup-minutes", type=float, default=1.0,
-                        help="the RSS reference is taken this long into the load")
+    parser.add_argument("--warmup-minutes", type=float,
+                        help="the RSS reference is taken this long into the load (default "
+                        "4, or 40 %% of a shorter run: 500 replay rings take minutes to "
+                        "fill at the paced rate)")
     parser.add_argument("--interval-ms", type=int, default=20,
                         help="each session's sim subscribe period")
     parser.add_argument("--clients", type=int, default=2,
@@ -480,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("sessions", "subscribers", "minutes", "interval_ms", "clients"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0")
+    if args.warmup_minutes is None:
+        args.warmup_minutes = min(4.0, 0.4 * args.minutes)
     if not 0 <= args.warmup_minutes < args.minutes:
         parser.error("--warmup-minutes must be >= 0 and below --minutes")
     try:
