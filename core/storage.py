@@ -13,11 +13,15 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-from typing import Self
+import sqlite3
+from collections.abc import Callable
+from typing import Self, TypeVar
 
 import aiosqlite
 
 __all__ = ["SqliteStore"]
+
+T = TypeVar("T")
 
 
 class SqliteStore:
@@ -59,3 +63,15 @@ class SqliteStore:
         if self._db is None:
             raise RuntimeError(f"{type(self).__name__} is not open")
         return self._db
+
+    async def run_in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work(connection)`` on the store's own ``sqlite3`` connection, in its thread:
+        one hand-over to that thread and back however many statements ``work`` runs
+        (each of aiosqlite's methods is one hand-over a statement, and each costs the
+        event loop a wake-up). Queued in order with the connection's other calls, so
+        ``work`` may run a whole transaction; it must not block on anything but SQLite.
+        """
+        db = self.db
+        # aiosqlite's one queue to its thread (what all its methods go through): it has
+        # no public way to run a function there
+        return await db._execute(work, db._conn)
