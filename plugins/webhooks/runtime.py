@@ -21,17 +21,17 @@ import dataclasses
 import logging
 import time
 import types
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sessiongate.core import StashKey, counter, gauge, histogram
 from sessiongate.core.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
-from .dispatch import Dispatcher, Ended, Outcome, Sender, jittered
+from .dispatch import Decided, Dispatcher, Outcome, Sender, jittered
 from .events import Event, check_event_types, new_id, subscribed
 from .guard import Policy, check_url
 from .rules import WebhookSettings
-from .signing import SecretBox, new_secret
+from .signing import SecretBox, Signer, new_secret
 from .store import (
     ACTIVE,
     DELIVERED,
@@ -120,16 +120,29 @@ class Endpoint:
     secret: str = dataclasses.field(repr=False)
     previous_secret: str | None = dataclasses.field(repr=False, default=None)
     previous_expires_at: float | None = None
+    #: removed by an admin: its run stops before its next attempt
+    removed: bool = dataclasses.field(default=False, compare=False)
 
     @property
     def active(self) -> bool:
-        return self.status == ACTIVE
+        return self.status == ACTIVE and not self.removed
 
-    def signing_secrets(self, now: float) -> list[str]:
+    _signer: Signer | None = dataclasses.field(repr=False, compare=False, default=None)
+
+    def signing_secrets(self, now: float) -> tuple[str, ...]:
         """The current secret, and the previous one while its grace period runs."""
         if self.previous_secret and (self.previous_expires_at or 0) > now:
-            return [self.secret, self.previous_secret]
-        return [self.secret]
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
+
+    def signer(self, now: float) -> Signer:
+        """A :class:`Signer` of :meth:`signing_secrets` (made again when they change: a
+        rotation, a grace period's end)."""
+        secrets = self.signing_secrets(now)
+        signer = self._signer
+        if signer is None or signer.secrets != secrets:
+            signer = self._signer = Signer(secrets)
+        return signer
 
     def public(self) -> dict[str, Any]:
         return {"endpoint_id": self.endpoint_id, "url": self.url,
@@ -157,7 +170,11 @@ class WebhooksRuntime:
         self.endpoints: dict[str, Endpoint] = {}
         self.dispatcher = Dispatcher(gateway, self.store, self.sender,
                                      max_in_flight=self.settings.max_in_flight,
-                                     targets=self.endpoints, on_outcome=self._recorded)
+                                     targets=self.endpoints, decide=self._decide)
+        # the counters every attempt moves, checked once (metrics.child)
+        self._count_attempt = {label: self.metrics.child(M_ATTEMPTS, outcome=label)
+                               for label in ("delivered", "failed", "blocked")}
+        self._count_delivered = self.metrics.child(M_DELIVERED)
         self._box: SecretBox | None = None
         self._pending: collections.deque[tuple[Event, list[str]]] = collections.deque()
         self._has_pending = asyncio.Event()
@@ -189,9 +206,15 @@ class WebhooksRuntime:
                  sum(e.active for e in self.endpoints.values()))
 
     async def stop(self) -> None:
-        """After the gateway cancelled the tasks: store what is still waiting, close."""
+        """After the gateway cancelled the tasks: record the outcomes decided and give
+        back the claims not sent, store the events still waiting, close."""
         self.started = False
         try:
+            try:
+                await self.dispatcher.flush()
+            except Exception:
+                log.exception("webhooks: the last outcomes could not be recorded (their "
+                              "deliveries are sent again once their leases end)")
             if self._pending:
                 await self._write_batch(list(self._pending))
                 self._pending.clear()
@@ -265,50 +288,42 @@ class WebhooksRuntime:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    async def _recorded(self, ended: list[Ended], now: float) -> None:
-        """Record attempts' outcomes (the dispatcher's ``on_outcome``): their deliveries'
-        new status and their endpoints' ``failing_since`` in one go, then what follows
-        from each (an endpoint disabled; a failure announced)."""
-        finishes: list[Finish] = []
-        failing_since: dict[str, float | None] = {}
-        after: list[Callable[[], Awaitable[None]]] = []
-        for endpoint, claim, outcome in ended:
-            was_failing = endpoint.failing_since
-            finishes.append(self._decide(endpoint, claim, outcome, now, after))
-            if endpoint.failing_since != was_failing:
-                failing_since[endpoint.endpoint_id] = endpoint.failing_since
-        await self.store.finish_many(finishes, now, failing_since)
-        for follow_up in after:
-            await follow_up()
-
     def _decide(self, endpoint: Endpoint, claim: Claim, outcome: Outcome, now: float,
-                after: list[Callable[[], Awaitable[None]]]) -> Finish:
-        """The delivery's new status (the endpoint's ``failing_since`` is updated in
-        memory, and recorded with it); what must follow goes on ``after``."""
-        label = ("delivered" if outcome.ok else "blocked" if outcome.blocked else "failed")
-        self.metrics.inc(M_ATTEMPTS, outcome=label)
+                decided: Decided) -> Finish:
+        """What an attempt's outcome comes to (the dispatcher's ``decide``; it records
+        it in its next turn): the delivery's new status, returned, and on ``decided``
+        the endpoint's ``failing_since`` if it changed (updated in memory now) and what
+        must follow (an endpoint disabled; a failure announced)."""
         self.metrics.observe(M_ATTEMPT_SECONDS, outcome.seconds)
         if outcome.ok:
-            self.metrics.inc(M_DELIVERED)
-            endpoint.failing_since = None
+            self._count_attempt["delivered"](1)
+            self._count_delivered(1)
+            if endpoint.failing_since is not None:
+                endpoint.failing_since = None
+                decided.failing_since[endpoint.endpoint_id] = None
             return Finish(claim.seq, DELIVERED, outcome.status, "", now)
+        self._count_attempt["blocked" if outcome.blocked else "failed"](1)
         if endpoint.failing_since is None:
             endpoint.failing_since = now
+            decided.failing_since[endpoint.endpoint_id] = now
         failing_for = now - endpoint.failing_since
         if outcome.gone or failing_for >= self.settings.disable_after:
             why = ("answered 410 Gone" if outcome.gone else
                    f"every attempt failed for {failing_for / 3600:.2f} h "
                    "(plugins.webhooks.disable_after_hours)")
-            after.append(lambda: self._fail(endpoint, claim, outcome,
-                                            "gone" if outcome.gone else "endpoint_disabled"))
-            after.append(lambda: self._disable(endpoint, now,
-                                               "gone" if outcome.gone else "failing", why))
+            decided.hold.add(endpoint.endpoint_id)  # not claimed for again: disabled
+            decided.after.append(lambda: self._fail(
+                endpoint, claim, outcome, "gone" if outcome.gone else "endpoint_disabled"))
+            decided.after.append(lambda: self._disable(
+                endpoint, now, "gone" if outcome.gone else "failing", why))
             return Finish(claim.seq, FAILED, outcome.status, outcome.error, now)
         schedule = self.settings.schedule
         if claim.attempts >= len(schedule):
-            after.append(lambda: self._fail(endpoint, claim, outcome, "schedule"))
+            decided.after.append(lambda: self._fail(endpoint, claim, outcome, "schedule"))
             return Finish(claim.seq, FAILED, outcome.status, outcome.error, now)
         due = now + jittered(schedule[claim.attempts])
+        if due > now:  # its queue waits for it (else it is sent again at once)
+            decided.waits[endpoint.endpoint_id] = due
         self.metrics.inc(M_RETRIES)
         log.info("webhooks: delivery %s to endpoint %s, attempt %d failed (%s); next in %.1f s",
                  claim.delivery_id, endpoint.endpoint_id, claim.attempts, outcome.error,
@@ -398,6 +413,7 @@ class WebhooksRuntime:
     async def remove_endpoint(self, endpoint_id: str) -> Endpoint:
         endpoint = self.endpoint(endpoint_id)
         await self.store.remove_endpoint(endpoint_id)
+        endpoint.removed = True  # what its run has claimed is not sent
         self.endpoints.pop(endpoint_id, None)
         log.info("webhooks: endpoint %s removed", endpoint_id)
         return endpoint

@@ -4,9 +4,14 @@ A secret is ``whsec_`` and the base64 of 32 random bytes, made by the gateway an
 once, when an endpoint is added or its secret rotated. The store keeps it encrypted
 with AES-256-GCM under a key of its own, ``state_dir/webhooks.key`` (created 0600, 32
 random bytes), the endpoint's id as associated data (a secret copied onto another row
-does not decrypt). Signing is ``standardwebhooks``' ``Webhook.sign``, with a UTC
-timestamp (the library treats a naive or other-zone datetime as UTC: it would sign the
-wrong second).
+does not decrypt).
+
+Signing is Standard Webhooks v1 as ``standardwebhooks``' ``Webhook.sign`` does it - the
+HMAC-SHA256 of ``id.timestamp.body`` under the secret's decoded key, base64 - with the
+key's HMAC state made once per secret (:class:`Signer`) and copied for each message:
+the library makes it again on every call (and needs the body as text and the time as a
+datetime, which a delivery does not have). The tests check both give the same header,
+and verify what the gateway sends with the library.
 """
 
 from __future__ import annotations
@@ -14,16 +19,17 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
-import functools
+import hashlib
+import hmac
+import math
 import os
 import pathlib
 import secrets
 from collections.abc import Iterable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from standardwebhooks.webhooks import Webhook
 
-__all__ = ["KEY_FILE", "SECRET_PREFIX", "SecretBox", "new_secret", "signature_header"]
+__all__ = ["KEY_FILE", "SECRET_PREFIX", "SecretBox", "Signer", "new_secret", "signature_header"]
 
 KEY_FILE = "webhooks.key"
 SECRET_PREFIX = "whsec_"
@@ -36,22 +42,42 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
 
 
+class Signer:
+    """Signs with a set of secrets (the current one, and the previous one during a
+    rotation's grace period): their keys decoded and HMAC states made once. Holds the
+    secrets (never shown: no repr of them)."""
+
+    __slots__ = ("_macs", "secrets")
+
+    def __init__(self, secrets_: Iterable[str]) -> None:
+        self.secrets = tuple(secrets_)
+        #: as standardwebhooks decodes a secret: without ``whsec_``, padded base64
+        self._macs = [hmac.new(base64.b64decode(secret.removeprefix(SECRET_PREFIX) + "=="),
+                               digestmod=hashlib.sha256) for secret in self.secrets]
+
+    def __repr__(self) -> str:
+        return f"<Signer of {len(self.secrets)} secret(s)>"
+
+    def header(self, msg_id: str, timestamp: int, body: bytes) -> str:
+        """``webhook-signature`` of ``body`` sent as ``msg_id`` at ``timestamp`` (Unix
+        seconds): ``v1,<base64>`` for each secret, space-separated."""
+        signed = f"{msg_id}.{timestamp}.".encode()
+        signatures = []
+        for mac in self._macs:
+            mac = mac.copy()
+            mac.update(signed)
+            mac.update(body)
+            signatures.append("v1," + base64.b64encode(mac.digest()).decode())
+        return " ".join(signatures)
+
+
 def signature_header(secrets_: Iterable[str], msg_id: str, body: bytes,
                      when: datetime.datetime) -> str:
     """``webhook-signature``: ``v1,<base64>`` for each secret, space-separated (two while
     a rotation's grace period runs: a receiver with either secret verifies)."""
     if when.tzinfo is not datetime.UTC:
         raise ValueError("sign with a UTC timestamp (datetime.now(datetime.UTC))")
-    text = body.decode()
-    return " ".join(_signer(secret).sign(msg_id, when, text) for secret in secrets_)
-
-
-@functools.lru_cache(maxsize=1024)
-def _signer(secret: str) -> Webhook:
-    """The library's signer of ``secret``, made once (it decodes the key each time it is
-    made: a cost on every attempt otherwise). Bounded; the secrets it holds are the ones
-    the runtime holds anyway."""
-    return Webhook(secret)
+    return Signer(secrets_).header(msg_id, math.floor(when.timestamp()), body)
 
 
 class SecretBox:

@@ -28,14 +28,17 @@ import asyncio
 import collections
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, TypeVar
 
 from sessiongate.core import SqliteStore
 
 from .events import Event
 
 __all__ = ["STORE_FILE", "Claim", "EndpointRow", "Finish", "Outbox"]
+
+T = TypeVar("T")
 
 STORE_FILE = "webhooks.sqlite3"
 PENDING, DELIVERING, DELIVERED, FAILED = "pending", "delivering", "delivered", "failed"
@@ -92,13 +95,51 @@ CREATE INDEX IF NOT EXISTS deliveries_queue ON deliveries (endpoint_id, seq)
 #: the head of an endpoint's queue (a scalar subquery on the queue index)
 _HEAD = ("(SELECT seq FROM deliveries WHERE endpoint_id = ? "
          "AND status IN ('pending', 'delivering') ORDER BY seq LIMIT 1)")
-#: the due front of an endpoint's queue: its first ``?`` deliveries not ended, up to the
-#: first that is not due (a retry's wait, or a lease still running) - params: now,
-#: endpoint id, how many
-_DUE_PREFIX = ("SELECT seq FROM (SELECT seq, MAX(next_attempt_at > ?) OVER (ORDER BY seq) "
-               "AS held FROM (SELECT seq, next_attempt_at FROM deliveries WHERE "
-               "endpoint_id = ? AND status IN ('pending', 'delivering') ORDER BY seq "
-               "LIMIT ?)) WHERE held = 0")
+# A turn's statements have one text each whatever the batch (SQLite prepares each once:
+# the connection's statement cache). Most take their rows as one JSON parameter
+# (``json_each``) and are one step: the store's thread takes the interpreter lock once
+# a statement, not once a row (each time it may wait for the event loop's thread to let
+# go of it, and the loop for it); the few outcomes other than delivered are one
+# statement a row.
+
+#: the due front of each queue of ``?1`` ([endpoint id, after], ...): its first ``?3``
+#: deliveries not ended after ``seq`` *after* (0: from its head; else the last one
+#: claimed, still in flight), up to the first that is not due at ``?2`` (a retry's wait,
+#: or a lease still running); as one JSON array of [seq, delivery id, event id,
+#: endpoint id, attempts so far]
+_DUE_FRONTS = (
+    "SELECT json_group_array(json_array(d.seq, d.delivery_id, d.event_id, d.endpoint_id, "
+    "d.attempts)) FROM json_each(?1) AS q, deliveries AS d WHERE d.seq IN (SELECT seq "
+    "FROM (SELECT seq, MAX(next_attempt_at > ?2) OVER (ORDER BY seq) AS held FROM (SELECT "
+    "seq, next_attempt_at FROM deliveries WHERE endpoint_id = json_extract(q.value, '$[0]') "
+    "AND status IN ('pending', 'delivering') AND seq > json_extract(q.value, '$[1]') "
+    "ORDER BY seq LIMIT ?3)) WHERE held = 0)")
+#: claim the deliveries of ``?3`` (:data:`_DUE_FRONTS`' array) until ``?1``, at ``?2``
+_CLAIM = ("UPDATE deliveries SET status = 'delivering', attempts = attempts + 1, "
+          "next_attempt_at = ?1, updated_at = ?2 WHERE seq IN (SELECT json_extract(value, "
+          "'$[0]') FROM json_each(?3))")
+#: give claims back, uncounted: the seqs of ``?2``, at ``?1`` (by rowid: ``+status``
+#: keeps the status index, every delivery in flight, out of it)
+_RELEASE = ("UPDATE deliveries SET status = 'pending', attempts = attempts - 1, "
+            "next_attempt_at = ?1, updated_at = ?1 WHERE seq IN (SELECT value FROM "
+            "json_each(?2)) AND +status = 'delivering'")
+#: record deliveries delivered at ``?1`` with status code ``?2``: the seqs of ``?3`` (the
+#: most outcomes by far, so one statement for all; ``+status``: by rowid)
+_DELIVERED = ("UPDATE deliveries SET status = 'delivered', next_attempt_at = ?1, "
+              "last_status_code = ?2, last_error = '', updated_at = ?1 WHERE seq IN (SELECT "
+              "value FROM json_each(?3)) AND +status = 'delivering'")
+#: record any other outcome (one statement a row: ``UPDATE … FROM json_each`` would
+#: cost SQLite more than the rows themselves) - params: status, due, code, error,
+#: attempts added, now, seq
+_FINISH = ("UPDATE deliveries SET status = ?, next_attempt_at = ?, last_status_code = ?, "
+           "last_error = ?, attempts = attempts + ?, updated_at = ? "
+           "WHERE seq = ? AND status = 'delivering'")
+#: ``?1`` [[endpoint id, failing since], ...]
+_FAILING_SINCE = ("UPDATE endpoints SET failing_since = json_extract(f.value, '$[1]') "
+                  "FROM json_each(?1) AS f "
+                  "WHERE endpoints.endpoint_id = json_extract(f.value, '$[0]')")
+#: when an endpoint's head is due (or its lease ends) - params: endpoint id
+_NEXT_DUE = f"SELECT endpoint_id, next_attempt_at FROM deliveries WHERE seq = {_HEAD}"
 _DELIVERY_COLUMNS = ("d.delivery_id, d.event_id, e.type, d.endpoint_id, d.status, d.attempts, "
                      "d.next_attempt_at, d.last_status_code, d.last_error, d.created_at, "
                      "d.updated_at")
@@ -121,9 +162,9 @@ class EndpointRow:
     created_at: float
 
 
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    """The head of an endpoint's queue, claimed for an attempt."""
+class Claim(NamedTuple):
+    """A delivery at the front of an endpoint's queue, claimed for an attempt (a
+    tuple: one is made per attempt)."""
 
     seq: int
     delivery_id: str
@@ -135,16 +176,19 @@ class Claim:
     body: bytes
 
 
-@dataclasses.dataclass(frozen=True)
-class Finish:
+class Finish(NamedTuple):
     """An attempt's outcome to record: the delivery's new status (``due``: when a
-    pending one is due again; for an ended one, when it ended)."""
+    pending one is due again; for an ended one, when it ended - a delivered one is
+    recorded as ended when it is recorded, in its batch). ``attempt`` 1: the
+    delivery is claimed again at once for its next attempt (``status`` delivering,
+    ``due`` the new lease's end, the attempt counted)."""
 
     seq: int
     status: str
     code: int
     error: str
     due: float
+    attempt: int = 0
 
 
 class Outbox(SqliteStore):
@@ -163,24 +207,33 @@ class Outbox(SqliteStore):
         await self.db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         return self
 
-    async def _transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
-        """Run ``statements`` in one transaction; the row count of each."""
-        if len(statements) == 1:  # one statement is a transaction of its own (autocommit)
-            async with self._write:
-                cursor = await self.db.execute(*statements[0])
-                return [cursor.rowcount]
-        counts = []
+    async def _in_thread(self, work: Callable[[sqlite3.Connection], T], *,
+                         write: bool = False) -> T:
+        """``work(connection)`` in the connection's thread (:meth:`run_in_thread`: one
+        round trip however many statements). ``write``: under the write lock (``work``
+        may open a transaction: no other task's statement may come between)."""
+        if not write:
+            return await self.run_in_thread(work)
         async with self._write:
-            await self.db.execute("BEGIN IMMEDIATE")
+            return await self.run_in_thread(work)
+
+    async def _transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Run ``statements`` in one transaction (one round trip); the row count of
+        each."""
+        def work(db: sqlite3.Connection) -> list[int]:
+            if len(statements) == 1:  # a transaction of its own (autocommit)
+                return [db.execute(*statements[0]).rowcount]
+            db.execute("BEGIN IMMEDIATE")
             try:
-                for sql, params in statements:
-                    cursor = await self.db.execute(sql, params)
-                    counts.append(cursor.rowcount)
-                await self.db.execute("COMMIT")
+                counts = [db.execute(sql, params).rowcount for sql, params in statements]
+                db.execute("COMMIT")
             except BaseException:
-                await self.db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
-        return counts
+            return counts
+
+        return await self._in_thread(work, write=True)
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -265,84 +318,109 @@ class Outbox(SqliteStore):
         ``lease_until``, where it is due (pending and due, or still delivering with its
         lease ended: its gateway died mid-attempt); with ``per_endpoint`` > 1, also the
         due deliveries right behind it, up to that many, never past one that is not due
-        (the queue's order holds). One statement for all (each queue read through its
-        index), and one for the bodies. The claims of an endpoint come in queue order."""
-        if not endpoint_ids:
-            return []
-        prefixes = " UNION ALL ".join([_DUE_PREFIX] * len(endpoint_ids))
-        async with self._write:
-            rows = list(await self.db.execute_fetchall(
-                "UPDATE deliveries SET status = ?, attempts = attempts + 1, "
-                f"next_attempt_at = ?, updated_at = ? WHERE seq IN ({prefixes}) "
-                "RETURNING seq, delivery_id, event_id, endpoint_id, attempts",
-                (DELIVERING, lease_until, now,
-                 *(value for endpoint_id in endpoint_ids
-                   for value in (now, endpoint_id, per_endpoint)))))
-        if not rows:
-            return []
-        rows.sort(key=lambda row: row[0])
-        found = {row[2]: self._bodies[row[2]] for row in rows if row[2] in self._bodies}
-        ids = sorted({row[2] for row in rows} - set(found))
-        if ids:  # apart: a subquery in RETURNING scans the events table (SQLite 3.40)
-            found.update({r[0]: (r[1], r[2]) for r in await self.db.execute_fetchall(
-                f"SELECT event_id, type, body FROM events WHERE event_id IN "
-                f"({', '.join('?' * len(ids))})", ids)})
-        return [Claim(seq, dlv, evt, endpoint, found[evt][0], attempts, lease_until,
-                      found[evt][1]) for seq, dlv, evt, endpoint, attempts in rows]
+        (the queue's order holds). One statement a queue (read through its index), all
+        in one transaction. The claims of an endpoint come in queue order."""
+        claims, _ = await self.turn(now, claim=[(endpoint_id, 0) for endpoint_id in endpoint_ids],
+                                    lease_until=lease_until, per_endpoint=per_endpoint)
+        return claims
 
     async def release(self, claims: Sequence[Claim], now: float) -> None:
         """Give back claims that were not attempted (their attempt not counted): pending
         and due again, behind whatever holds their queue."""
-        async with self._write:
-            for chunk in _chunks(claims, ROWS_PER_STATEMENT):
-                await self.db.execute(
-                    "UPDATE deliveries SET status = ?, attempts = attempts - 1, "
-                    "next_attempt_at = ?, updated_at = ? WHERE status = ? AND seq IN "
-                    f"({', '.join('?' * len(chunk))})",
-                    (PENDING, now, now, DELIVERING, *(claim.seq for claim in chunk)))
+        await self.turn(now, release=claims)
 
     async def next_due(self, endpoint_ids: Sequence[str]) -> dict[str, float]:
         """When the head of each endpoint's queue is due (or its lease ends); endpoints
         with an empty queue are left out."""
         if not endpoint_ids:
             return {}
-        heads = ", ".join([_HEAD] * len(endpoint_ids))
-        rows = await self.db.execute_fetchall(
-            f"SELECT endpoint_id, next_attempt_at FROM deliveries WHERE seq IN ({heads})",
-            endpoint_ids)
-        return {row[0]: row[1] for row in rows}
+        return await self._in_thread(lambda db: _next_due(db, endpoint_ids))
 
     async def finish_many(self, finishes: Sequence[Finish], now: float,
                           failing_since: Mapping[str, float | None] | None = None) -> None:
         """Record attempts' outcomes, and the endpoints whose ``failing_since`` changed
-        with them: one statement for each table (``UPDATE … FROM (VALUES …)``), so a
-        batch of outcomes costs the dispatcher one or two round trips, not one a row."""
-        async with self._write:
-            for chunk in _chunks(finishes, ROWS_PER_STATEMENT):
-                await self.db.execute(
-                    "UPDATE deliveries SET status = v.column2, next_attempt_at = v.column3, "
-                    "last_status_code = v.column4, last_error = v.column5, updated_at = ? "
-                    f"FROM (VALUES {_placeholders(len(chunk), 5)}) AS v "
-                    "WHERE deliveries.seq = v.column1 AND deliveries.status = ?",
-                    (now, *(value for f in chunk
-                            for value in (f.seq, f.status, f.due, f.code, f.error)),
-                     DELIVERING))
-            for chunk in _chunks(list((failing_since or {}).items()), ROWS_PER_STATEMENT):
-                await self.db.execute(
-                    "UPDATE endpoints SET failing_since = v.column2 "
-                    f"FROM (VALUES {_placeholders(len(chunk), 2)}) AS v "
-                    "WHERE endpoints.endpoint_id = v.column1",
-                    tuple(value for pair in chunk for value in pair))
+        with them, in one transaction."""
+        await self.turn(now, finishes=finishes, failing_since=failing_since)
 
-    async def finish(self, seq: int, status: str, *, code: int, error: str, due: float,
-                     now: float, attempts: int | None = None) -> None:
-        """Record an attempt's outcome: delivered, failed, or pending again (``due``);
-        ``attempts`` corrects the count (an attempt that did not happen)."""
-        await self._transaction([(
-            "UPDATE deliveries SET status = ?, next_attempt_at = ?, last_status_code = ?, "
-            "last_error = ?, updated_at = ?, attempts = COALESCE(?, attempts) "
-            "WHERE seq = ? AND status = ?",
-            (status, due, code, error, now, attempts, seq, DELIVERING))])
+    async def turn(self, now: float, *, release: Sequence[Claim] = (),
+                   finishes: Sequence[Finish] = (),
+                   failing_since: Mapping[str, float | None] | None = None,
+                   claim: Sequence[tuple[str, int]] = (), lease_until: float = 0.0,
+                   per_endpoint: int = 1) -> tuple[list[Claim], dict[str, float]]:
+        """A dispatcher's turn, in one transaction and one trip to the connection's
+        thread: record ``finishes`` (:meth:`finish_many`), give back ``release``
+        (:meth:`release`), record ``failing_since``, then claim the due front of each queue of
+        ``claim``, (endpoint id, after): the whole queue's (after 0, :meth:`claim`; a
+        delivery given back in this turn is claimed again), or what comes after the
+        delivery ``after``, the last one the endpoint has claimed. Returns the claims,
+        and when the heads of the whole queues that gave none are due
+        (:meth:`next_due`; an empty queue is left out)."""
+        if not (release or finishes or failing_since or claim):
+            return [], {}
+        released = json.dumps([c.seq for c in release]) if release else None
+        delivered: dict[int, list[int]] = {}  # status code: seqs
+        finished: list[tuple[Any, ...]] = []
+        if finishes:  # one row a delivery: the last outcome, every attempt added
+            rows: dict[int, list[Any]] = {}
+            for f in finishes:
+                before = rows.get(f.seq)
+                rows[f.seq] = [f.seq, f.status, f.due, f.code, f.error,
+                               f.attempt + (before[5] if before else 0)]
+            for seq, status, due, code, error, attempts in rows.values():
+                if status == DELIVERED and not error and not attempts:
+                    delivered.setdefault(code, []).append(seq)
+                else:
+                    finished.append((status, due, code, error, attempts, now, seq))
+        failing = json.dumps(list(failing_since.items())) if failing_since else None
+        fronts = json.dumps(claim) if claim else None
+        whole = [endpoint_id for endpoint_id, after in claim if not after]
+        groups = [(code, json.dumps(seqs)) for code, seqs in delivered.items()]
+
+        def work(db: sqlite3.Connection) -> tuple[str, dict[str, float]]:
+            db.execute("BEGIN IMMEDIATE")  # the due fronts read, then claimed: no writer between
+            try:
+                for code, seqs in groups:
+                    db.execute(_DELIVERED, (now, code, seqs))
+                if finished:
+                    db.executemany(_FINISH, finished)
+                if released:  # after: a retry claimed again, then cut short by a stop
+                    db.execute(_RELEASE, (now, released))
+                if failing:
+                    db.execute(_FAILING_SINCE, (failing,))
+                claimed, due = "[]", {}
+                if fronts:
+                    [(claimed,)] = db.execute(_DUE_FRONTS, (fronts, now, per_endpoint))
+                    if claimed != "[]":
+                        db.execute(_CLAIM, (lease_until, now, claimed))
+                    if whole:  # those whose queue gave nothing: when its head is due
+                        found = {row[3] for row in json.loads(claimed)}
+                        due = _next_due(db, [e for e in whole if e not in found])
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return claimed, due
+
+        claimed, due = await self._in_thread(work, write=True)
+        return await self._claims(json.loads(claimed), lease_until), due
+
+    async def _claims(self, rows: list[Any], lease_until: float) -> list[Claim]:
+        """Claimed rows ([seq, delivery id, event id, endpoint id, attempts before the
+        claim]) as claims (in queue order), with their events' type and body (from
+        memory if there, else read)."""
+        if not rows:
+            return []
+        rows.sort()
+        bodies = self._bodies
+        found = {row[2]: bodies[row[2]] for row in rows if row[2] in bodies}
+        ids = sorted({row[2] for row in rows} - set(found))
+        if ids:  # seldom: the newest events' bodies are kept in memory
+            found.update({r[0]: (r[1], r[2]) for r in await self.db.execute_fetchall(
+                f"SELECT event_id, type, body FROM events WHERE event_id IN "
+                f"({', '.join('?' * len(ids))})", ids)})
+        return [Claim(seq, dlv, evt, endpoint, found[evt][0], attempts + 1, lease_until,
+                      found[evt][1]) for seq, dlv, evt, endpoint, attempts in rows]
 
     async def redeliver(self, delivery_id: str, now: float) -> bool:
         """Queue an ended delivery again, at the end of its endpoint's queue (a new
@@ -420,15 +498,10 @@ class Outbox(SqliteStore):
                 return deleted
 
 
-#: rows of one ``VALUES`` list (SQLite allows 32766 parameters a statement)
-ROWS_PER_STATEMENT = 1000
-
-
-def _chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
-
-
-def _placeholders(rows: int, columns: int) -> str:
-    """``(?, ?), (?, ?)`` for ``VALUES``: ``rows`` tuples of ``columns``."""
-    row = "(" + ", ".join("?" * columns) + ")"
-    return ", ".join([row] * rows)
+def _next_due(db: sqlite3.Connection, endpoint_ids: Sequence[str]) -> dict[str, float]:
+    """:meth:`Outbox.next_due` in the connection's thread."""
+    due = {}
+    for endpoint_id in endpoint_ids:
+        for found, when in db.execute(_NEXT_DUE, (endpoint_id,)):
+            due[found] = when
+    return due

@@ -43,7 +43,12 @@ async def test_a_delivery_cut_off_by_kill_9_arrives_after_the_restart(gateway_pr
     event, = await receiver.events_of("session.opened")
     assert event["id"] == hung["id"]
     async with grpc.aio.insecure_channel(second.address) as channel:
-        [delivery] = await Admin(channel, metadata).deliveries(endpoint_id=endpoint_id)
+        admin = Admin(channel, metadata)
+        for _ in range(1000):  # the outcome is recorded a dispatcher turn after the answer
+            [delivery] = await admin.deliveries(endpoint_id=endpoint_id)
+            if delivery.status != "delivering":
+                break
+            await asyncio.sleep(0.01)
     assert delivery.status == "delivered" and delivery.attempts == 2
 
 
@@ -142,3 +147,33 @@ async def test_the_command_line_manages_endpoints(make_gateway, receiver):
     assert code == 0 and endpoint_id in err
     code, out, _err = await cli("list")
     assert out == ""
+
+
+async def test_a_removed_endpoint_gets_nothing_it_had_claimed_but_the_attempt_under_way(
+        make_gateway, receiver):
+    """Removed while its first delivery hangs, with the next ones claimed behind it: the
+    attempt under way ends as the receiver answers; nothing more is sent to it."""
+    gw = await make_gateway(**ON)
+    endpoint_id = await subscribe(gw, receiver, "session.opened")
+    runtime = gw.gateway.api.stash[RUNTIME]
+    answer = asyncio.Event()
+    receiver.plan.append(("wait", answer, 204))
+    client = gw.client()
+    for _ in range(3):
+        await client.open()
+    await receiver.wait(lambda: len(receiver.arrivals) == 1)
+
+    async def all_claimed() -> bool:
+        rows = await runtime.store.deliveries(endpoint_id=endpoint_id, limit=10)
+        return [r["status"] for r in rows] == ["delivering"] * 3
+
+    for _ in range(1000):  # the run claims the ones behind the hanging one ahead
+        if await all_claimed():
+            break
+        await asyncio.sleep(0.01)
+    assert await all_claimed()
+    await runtime.remove_endpoint(endpoint_id)
+    answer.set()
+    await receiver.wait(lambda: len(receiver.requests) == 1)
+    await wait_for(lambda: runtime.dispatcher.in_flight == 0)
+    assert len(receiver.arrivals) == 1

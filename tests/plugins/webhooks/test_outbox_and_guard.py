@@ -3,9 +3,11 @@ at rest and settings, without a gateway."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import os
+import random
 import socket
 import stat
 import time
@@ -20,7 +22,13 @@ from sessiongate.core.pluginhost import host as plugin_host
 from sessiongate.plugins.webhooks.dispatch import Sender
 from sessiongate.plugins.webhooks.events import Event, check_event_types, new_id, subscribed
 from sessiongate.plugins.webhooks.guard import Policy, check_url
-from sessiongate.plugins.webhooks.signing import KEY_FILE, SecretBox, new_secret, signature_header
+from sessiongate.plugins.webhooks.signing import (
+    KEY_FILE,
+    SecretBox,
+    Signer,
+    new_secret,
+    signature_header,
+)
 from sessiongate.plugins.webhooks.store import Finish, Outbox
 from sessiongate.testing import write_config
 
@@ -190,6 +198,25 @@ def test_signatures_verify_with_each_secret_and_only_in_utc():
         signature_header([new], "evt_1", body, local)
 
 
+def test_a_signer_signs_as_standardwebhooks_does():
+    """The gateway's signer (keys decoded and HMAC states made once) gives the header
+    ``standardwebhooks``' ``Webhook.sign`` gives, for any secret, id, time and body."""
+    rng = random.Random(16)
+    for size in (24, 32, 64, 32, 48):
+        secrets = ["whsec_" + base64.b64encode(rng.randbytes(size)).decode()
+                   for _ in range(rng.choice((1, 2)))]
+        signer = Signer(secrets)
+        for _ in range(20):
+            msg_id = new_id("evt")
+            body = Event.make("session.opened", {"n": rng.random(), "s": "é\u2028\"'"},
+                              time.time()).body
+            stamp = rng.randrange(0, 2**33)
+            when = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
+            expected = " ".join(Webhook(s).sign(msg_id, when, body.decode()) for s in secrets)
+            assert signer.header(msg_id, stamp, body) == expected
+    assert "whsec_" not in repr(signer)
+
+
 # -- the SSRF guard ----------------------------------------------------------------------------
 
 
@@ -289,6 +316,54 @@ async def test_an_allowed_network_is_reached_and_no_proxy_is_taken_from_the_envi
         await sender.close()
     assert outcome.ok and outcome.status == 204
     assert [e["type"] for e in receiver.events] == ["webhook.test"]
+
+
+@pytest.mark.asyncio
+async def test_connections_are_kept_alive_each_checked_once_and_cookies_never_kept():
+    """Attempts to one receiver reuse one connection (its address checked by the guard
+    when it was made); a Set-Cookie is not sent back; an answer not read to its end
+    (more than 64 KiB) closes its connection, and the next is checked again."""
+    from aiohttp import web
+
+    seen: list[tuple[str, str]] = []  # (peer port, cookie header) per request
+
+    async def handle(request):
+        seen.append((str(request.transport.get_extra_info("peername")[1]),
+                     request.headers.get("cookie", "")))
+        if request.path == "/big":
+            return web.Response(body=b"x" * (200 * 1024))
+        return web.Response(status=204, headers={"set-cookie": "session=abc; Path=/"})
+
+    class Counting(Policy):
+        checked = 0
+
+        def guarded_socket(self, addrinfo):
+            Counting.checked += 1
+            return super().guarded_socket(addrinfo)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    sender = Sender(Counting(["hooks.test"], [ipaddress.ip_network("127.0.0.1/32")]), 5,
+                    resolver=ToLoopback())  # a name: a cookie jar would keep its cookies
+    try:
+        for path in ("a", "b", "a", "b", "a"):
+            assert (await sender.send(f"http://hooks.test:{port}/{path}", "evt_1", b"{}",
+                                      [new_secret()])).ok
+        assert Counting.checked == 1 and len({peer for peer, _ in seen}) == 1
+        assert (await sender.send(f"http://hooks.test:{port}/big", "evt_1", b"{}",
+                                  [new_secret()])).ok
+        assert (await sender.send(f"http://hooks.test:{port}/a", "evt_1", b"{}",
+                                  [new_secret()])).ok
+        assert Counting.checked == 2 and len({peer for peer, _ in seen}) == 2
+    finally:
+        await sender.close()
+        await runner.cleanup()
+    assert all(cookie == "" for _, cookie in seen)
 
 
 @pytest.mark.asyncio
