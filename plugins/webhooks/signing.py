@@ -6,12 +6,10 @@ with AES-256-GCM under a key of its own, ``state_dir/webhooks.key`` (created 060
 random bytes), the endpoint's id as associated data (a secret copied onto another row
 does not decrypt).
 
-Signing is Standard Webhooks v1 as ``standardwebhooks``' ``Webhook.sign`` does it - the
-HMAC-SHA256 of ``id.timestamp.body`` under the secret's decoded key, base64 - with the
-key's HMAC state made once per secret (:class:`Signer`) and copied for each message:
-the library makes it again on every call (and needs the body as text and the time as a
-datetime, which a delivery does not have). The tests check both give the same header,
-and verify what the gateway sends with the library.
+Signing is ``standardwebhooks``' ``Webhook.sign`` (Standard Webhooks v1: the
+HMAC-SHA256 of ``id.timestamp.body``), with a UTC timestamp: the library treats a naive
+or other-zone datetime as UTC, so it would sign the wrong second. A :class:`Signer`
+holds the library's signer of each secret, made once (it decodes the key when made).
 """
 
 from __future__ import annotations
@@ -19,15 +17,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime
-import hashlib
-import hmac
-import math
 import os
 import pathlib
 import secrets
 from collections.abc import Iterable
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from standardwebhooks.webhooks import Webhook
 
 __all__ = ["KEY_FILE", "SECRET_PREFIX", "SecretBox", "Signer", "new_secret", "signature_header"]
 
@@ -44,40 +40,33 @@ def new_secret() -> str:
 
 class Signer:
     """Signs with a set of secrets (the current one, and the previous one during a
-    rotation's grace period): their keys decoded and HMAC states made once. Holds the
+    rotation's grace period), the library's signer of each made once. Holds the
     secrets (never shown: no repr of them)."""
 
-    __slots__ = ("_macs", "secrets")
+    __slots__ = ("_webhooks", "secrets")
 
     def __init__(self, secrets_: Iterable[str]) -> None:
         self.secrets = tuple(secrets_)
-        #: as standardwebhooks decodes a secret: without ``whsec_``, padded base64
-        self._macs = [hmac.new(base64.b64decode(secret.removeprefix(SECRET_PREFIX) + "=="),
-                               digestmod=hashlib.sha256) for secret in self.secrets]
+        self._webhooks = [Webhook(secret) for secret in self.secrets]
 
     def __repr__(self) -> str:
         return f"<Signer of {len(self.secrets)} secret(s)>"
 
     def header(self, msg_id: str, timestamp: int, body: bytes) -> str:
         """``webhook-signature`` of ``body`` sent as ``msg_id`` at ``timestamp`` (Unix
-        seconds): ``v1,<base64>`` for each secret, space-separated."""
-        signed = f"{msg_id}.{timestamp}.".encode()
-        signatures = []
-        for mac in self._macs:
-            mac = mac.copy()
-            mac.update(signed)
-            mac.update(body)
-            signatures.append("v1," + base64.b64encode(mac.digest()).decode())
-        return " ".join(signatures)
+        seconds): ``v1,<base64>`` for each secret, space-separated (two while a
+        rotation's grace period runs: a receiver with either secret verifies)."""
+        when = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+        text = body.decode()
+        return " ".join(webhook.sign(msg_id, when, text) for webhook in self._webhooks)
 
 
 def signature_header(secrets_: Iterable[str], msg_id: str, body: bytes,
                      when: datetime.datetime) -> str:
-    """``webhook-signature``: ``v1,<base64>`` for each secret, space-separated (two while
-    a rotation's grace period runs: a receiver with either secret verifies)."""
+    """``webhook-signature`` of ``body`` sent as ``msg_id`` at ``when`` (UTC)."""
     if when.tzinfo is not datetime.UTC:
         raise ValueError("sign with a UTC timestamp (datetime.now(datetime.UTC))")
-    return Signer(secrets_).header(msg_id, math.floor(when.timestamp()), body)
+    return Signer(secrets_).header(msg_id, int(when.timestamp()), body)
 
 
 class SecretBox:

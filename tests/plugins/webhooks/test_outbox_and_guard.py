@@ -3,11 +3,9 @@ at rest and settings, without a gateway."""
 
 from __future__ import annotations
 
-import base64
 import datetime
 import ipaddress
 import os
-import random
 import socket
 import stat
 import time
@@ -196,25 +194,7 @@ def test_signatures_verify_with_each_secret_and_only_in_utc():
     local = now.astimezone(datetime.timezone(datetime.timedelta(hours=2)))
     with pytest.raises(ValueError, match="UTC"):
         signature_header([new], "evt_1", body, local)
-
-
-def test_a_signer_signs_as_standardwebhooks_does():
-    """The gateway's signer (keys decoded and HMAC states made once) gives the header
-    ``standardwebhooks``' ``Webhook.sign`` gives, for any secret, id, time and body."""
-    rng = random.Random(16)
-    for size in (24, 32, 64, 32, 48):
-        secrets = ["whsec_" + base64.b64encode(rng.randbytes(size)).decode()
-                   for _ in range(rng.choice((1, 2)))]
-        signer = Signer(secrets)
-        for _ in range(20):
-            msg_id = new_id("evt")
-            body = Event.make("session.opened", {"n": rng.random(), "s": "é\u2028\"'"},
-                              time.time()).body
-            stamp = rng.randrange(0, 2**33)
-            when = datetime.datetime.fromtimestamp(stamp, datetime.UTC)
-            expected = " ".join(Webhook(s).sign(msg_id, when, body.decode()) for s in secrets)
-            assert signer.header(msg_id, stamp, body) == expected
-    assert "whsec_" not in repr(signer)
+    assert new not in repr(Signer([new])) and "whsec_" not in repr(Signer([new]))
 
 
 # -- the SSRF guard ----------------------------------------------------------------------------
