@@ -89,6 +89,32 @@ class Sender:
             self.answered += 1
 
 
+def started(outbox: Outbox, sender: Sender, targets: dict[str, Any],
+            decide: Any) -> tuple[Tasks, Dispatcher]:
+    """A dispatcher over ``targets``, each looked at now, running in a task of its own."""
+    tasks = Tasks()
+    dispatcher = Dispatcher(tasks, outbox, sender, max_in_flight=16,  # type: ignore[arg-type]
+                            targets=targets, decide=decide)
+    for endpoint_id in targets:
+        dispatcher.poke(endpoint_id)
+    tasks.spawn(dispatcher.run(), "dispatcher")
+    return tasks, dispatcher
+
+
+async def all_delivered(outbox: Outbox, count: int) -> None:
+    while len(await outbox.deliveries(status=DELIVERED, limit=100)) < count:
+        await asyncio.sleep(0.01)
+
+
+async def run_until_delivered(tasks: Tasks, outbox: Outbox, count: int) -> None:
+    """Until ``count`` deliveries are delivered (20 s at most); the tasks then stopped."""
+    try:
+        async with asyncio.timeout(20):
+            await all_delivered(outbox, count)
+    finally:
+        await tasks.cancel_and_wait()
+
+
 def retry_at_once(target: Any, claim: Any, outcome: Outcome, now: float,
                   decided: Decided) -> Finish:
     """A decide: delivered, or pending again and due now (the schedule's first wait)."""
@@ -116,19 +142,9 @@ async def test_interleaved_queues_claimed_in_one_turn_go_out_in_order_one_at_a_t
     await outbox.enqueue([(e, ["ep_a", "ep_b"]) for e in events], time.time())
     targets = {"ep_a": Target("ep_a", "http://a/"), "ep_b": Target("ep_b", "http://b/")}
     sender = Sender({"http://a/": [204, 204, 500], "http://b/": [503]})
-    tasks = Tasks()
-    dispatcher = Dispatcher(tasks, outbox, sender, max_in_flight=16,  # type: ignore[arg-type]
-                            targets=targets, decide=retry_at_once)
-    dispatcher.poke("ep_a")
-    dispatcher.poke("ep_b")
-    tasks.spawn(dispatcher.run(), "dispatcher")
+    tasks, dispatcher = started(outbox, sender, targets, retry_at_once)
     ids = [e.event_id for e in events]
-    try:
-        async with asyncio.timeout(20):
-            while len(await outbox.deliveries(status=DELIVERED, limit=100)) < 40:
-                await asyncio.sleep(0.01)
-    finally:
-        await tasks.cancel_and_wait()
+    await run_until_delivered(tasks, outbox, 40)
     assert sender.sent["http://a/"] == ids[:3] + ids[2:]  # the third failed, sent again
     assert sender.sent["http://b/"] == ids[:1] + ids
     assert sender.most_at_once == {"http://a/": 1, "http://b/": 1}
@@ -161,19 +177,10 @@ async def test_a_run_stopped_by_a_failure_gives_back_what_it_had_claimed_uncount
                 return
             await asyncio.sleep(0.005)
 
-    tasks = Tasks()
-    dispatcher = Dispatcher(tasks, outbox, sender, max_in_flight=16,  # type: ignore[arg-type]
-                            targets=targets, decide=retry_later)
-    dispatcher.poke("ep_a")
-    tasks.spawn(dispatcher.run(), "dispatcher")
+    tasks, _dispatcher = started(outbox, sender, targets, retry_later)
     tasks.spawn(watch(), "watch")
     ids = [e.event_id for e in events]
-    try:
-        async with asyncio.timeout(20):
-            while len(await outbox.deliveries(status=DELIVERED, limit=100)) < 40:
-                await asyncio.sleep(0.01)
-    finally:
-        await tasks.cancel_and_wait()
+    await run_until_delivered(tasks, outbox, 40)
     assert sender.sent["http://a/"] == ids[:13] + ids[12:]
     assert stopped == [1]  # all given back before the retry; only the failed attempt counted
     attempts = {r["event_id"]: r["attempts"] for r in await outbox.deliveries(limit=100)}
@@ -208,19 +215,14 @@ async def test_claims_taken_ahead_for_a_run_that_stopped_meanwhile_go_back(outbo
     outbox.turn = held_turn  # type: ignore[method-assign]
 
 
-    tasks = Tasks()
-    dispatcher = Dispatcher(tasks, outbox, sender, max_in_flight=16,  # type: ignore[arg-type]
-                            targets=targets, decide=retry_later)
-    dispatcher.poke("ep_a")
-    tasks.spawn(dispatcher.run(), "dispatcher")
+    tasks, _dispatcher = started(outbox, sender, targets, retry_later)
     ids = [e.event_id for e in events]
     try:
         async with asyncio.timeout(20):
             while sender.answered < 12:  # the twelfth failed: its run stopped
                 await asyncio.sleep(0.005)
             gate.set()
-            while len(await outbox.deliveries(status=DELIVERED, limit=100)) < 40:
-                await asyncio.sleep(0.01)
+            await all_delivered(outbox, 40)
     finally:
         await tasks.cancel_and_wait()
     assert sender.sent["http://a/"] == ids[:12] + ids[11:]
@@ -236,11 +238,7 @@ async def test_a_stop_records_what_was_decided_and_gives_back_the_rest(outbox):
     await outbox.enqueue([(e, ["ep_a"]) for e in events], time.time())
     targets = {"ep_a": Target("ep_a", "http://a/")}
     sender = Sender({"http://a/": [204, 500, 0]})  # delivered, failed, hangs
-    tasks = Tasks()
-    dispatcher = Dispatcher(tasks, outbox, sender, max_in_flight=16,  # type: ignore[arg-type]
-                            targets=targets, decide=retry_at_once)
-    dispatcher.poke("ep_a")
-    tasks.spawn(dispatcher.run(), "dispatcher")
+    tasks, dispatcher = started(outbox, sender, targets, retry_at_once)
     async with asyncio.timeout(20):
         while len(sender.sent["http://a/"]) < 3:
             await asyncio.sleep(0.001)
@@ -267,11 +265,7 @@ async def test_a_removed_endpoint_is_sent_nothing_more_of_what_its_run_had_claim
             return await super().send(url, msg_id, body, signer)
 
     sender = RemovedDuringThird({})
-    tasks = Tasks()
-    dispatcher = Dispatcher(tasks, outbox, sender, max_in_flight=16,  # type: ignore[arg-type]
-                            targets={"ep_a": target}, decide=retry_at_once)
-    dispatcher.poke("ep_a")
-    tasks.spawn(dispatcher.run(), "dispatcher")
+    tasks, dispatcher = started(outbox, sender, {"ep_a": target}, retry_at_once)
     try:
         async with asyncio.timeout(20):
             while sender.answered < 3 or dispatcher.in_flight:
@@ -307,16 +301,10 @@ async def test_outcomes_of_a_turn_whose_transaction_failed_are_recorded_in_the_n
         return await turn(now, **parts)
 
     outbox.turn = fails_once_with_outcomes  # type: ignore[method-assign]
-    tasks = Tasks()
-    dispatcher = Dispatcher(tasks, outbox, sender, max_in_flight=16,  # type: ignore[arg-type]
-                            targets=targets, decide=retry_at_once)
-    dispatcher.poke("ep_a")
-    dispatcher.poke("ep_b")
-    tasks.spawn(dispatcher.run(), "dispatcher")
+    tasks, dispatcher = started(outbox, sender, targets, retry_at_once)
     try:
         async with asyncio.timeout(20):
-            while len(await outbox.deliveries(status=DELIVERED, limit=100)) < 60:
-                await asyncio.sleep(0.01)
+            await all_delivered(outbox, 60)
             while dispatcher.in_flight:
                 await asyncio.sleep(0.005)
     finally:

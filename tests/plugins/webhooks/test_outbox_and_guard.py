@@ -30,6 +30,8 @@ from sessiongate.plugins.webhooks.signing import (
 from sessiongate.plugins.webhooks.store import Finish, Outbox
 from sessiongate.testing import write_config
 
+from .helpers import serving
+
 pytestmark = pytest.mark.once
 
 LOOPBACK = Policy(["127.0.0.1", "hooks.test"], [ipaddress.ip_network("127.0.0.1/32")])
@@ -323,26 +325,21 @@ async def test_connections_are_kept_alive_each_checked_once_and_cookies_never_ke
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     sender = Sender(Counting(["hooks.test"], [ipaddress.ip_network("127.0.0.1/32")]), 5,
                     resolver=ToLoopback())  # a name: a cookie jar would keep its cookies
-    try:
-        for path in ("a", "b", "a", "b", "a"):
-            assert (await sender.send(f"http://hooks.test:{port}/{path}", "evt_1", b"{}",
+    async with serving(app) as port:
+        try:
+            for path in ("a", "b", "a", "b", "a"):
+                assert (await sender.send(f"http://hooks.test:{port}/{path}", "evt_1", b"{}",
+                                          [new_secret()])).ok
+            assert Counting.checked == 1 and len({peer for peer, _ in seen}) == 1
+            assert (await sender.send(f"http://hooks.test:{port}/big", "evt_1", b"{}",
                                       [new_secret()])).ok
-        assert Counting.checked == 1 and len({peer for peer, _ in seen}) == 1
-        assert (await sender.send(f"http://hooks.test:{port}/big", "evt_1", b"{}",
-                                  [new_secret()])).ok
-        assert (await sender.send(f"http://hooks.test:{port}/a", "evt_1", b"{}",
-                                  [new_secret()])).ok
-        assert Counting.checked == 2 and len({peer for peer, _ in seen}) == 2
-    finally:
-        await sender.close()
-        await runner.cleanup()
+            assert (await sender.send(f"http://hooks.test:{port}/a", "evt_1", b"{}",
+                                      [new_secret()])).ok
+            assert Counting.checked == 2 and len({peer for peer, _ in seen}) == 2
+        finally:
+            await sender.close()
     assert all(cookie == "" for _, cookie in seen)
 
 
