@@ -172,6 +172,8 @@ class Decided:
     hold: set[str] = dataclasses.field(default_factory=set)
     #: awaited in order once recorded (an endpoint disabled, a failure announced)
     after: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+    #: called once recorded: the outcomes' counters (so they agree with the outbox)
+    counted: list[Callable[[], Any]] = dataclasses.field(default_factory=list)
 
 
 class _Run:
@@ -339,6 +341,8 @@ class Dispatcher:
             self._add(batch, fetching.get(endpoint_id))
         for endpoint_id, when in waits.items():
             self.poke(endpoint_id, when)  # not due yet: a retry's wait, or a lease
+        for count in decided.counted:
+            count()
         for follow_up in decided.after:
             try:
                 await follow_up()
@@ -362,6 +366,7 @@ class Dispatcher:
         later.waits = {**decided.waits, **later.waits}
         later.hold |= decided.hold
         later.after[:0] = decided.after
+        later.counted[:0] = decided.counted
 
     def _due_now(self, now: float, hold: set[str]) -> list[str]:
         """Idle active endpoints due now, as many as there is room for (taken off the

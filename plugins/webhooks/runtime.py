@@ -171,10 +171,19 @@ class WebhooksRuntime:
         self.dispatcher = Dispatcher(gateway, self.store, self.sender,
                                      max_in_flight=self.settings.max_in_flight,
                                      targets=self.endpoints, decide=self._decide)
-        # the counters every attempt moves, checked once (metrics.child)
+        # the counters every attempt moves, checked once (metrics.child); moved once the
+        # outcome is recorded (Decided.counted), so they agree with the outbox
         self._count_attempt = {label: self.metrics.child(M_ATTEMPTS, outcome=label)
-                               for label in ("delivered", "failed", "blocked")}
-        self._count_delivered = self.metrics.child(M_DELIVERED)
+                               for label in ("failed", "blocked")}
+        delivered_attempt = self.metrics.child(M_ATTEMPTS, outcome="delivered")
+        delivered = self.metrics.child(M_DELIVERED)
+
+        def count_delivered() -> None:
+            delivered_attempt(1)
+            delivered(1)
+
+        self._count_delivered = count_delivered
+        self._count_retry = self.metrics.child(M_RETRIES)
         self._box: SecretBox | None = None
         self._pending: collections.deque[tuple[Event, list[str]]] = collections.deque()
         self._has_pending = asyncio.Event()
@@ -292,17 +301,17 @@ class WebhooksRuntime:
                 decided: Decided) -> Finish:
         """What an attempt's outcome comes to (the dispatcher's ``decide``; it records
         it in its next turn): the delivery's new status, returned, and on ``decided``
-        the endpoint's ``failing_since`` if it changed (updated in memory now) and what
-        must follow (an endpoint disabled; a failure announced)."""
+        the endpoint's ``failing_since`` if it changed (updated in memory now), the
+        counters it moves and what must follow (an endpoint disabled; a failure
+        announced), both once it is recorded."""
         self.metrics.observe(M_ATTEMPT_SECONDS, outcome.seconds)
         if outcome.ok:
-            self._count_attempt["delivered"](1)
-            self._count_delivered(1)
+            decided.counted.append(self._count_delivered)
             if endpoint.failing_since is not None:
                 endpoint.failing_since = None
                 decided.failing_since[endpoint.endpoint_id] = None
             return Finish(claim.seq, DELIVERED, outcome.status, "", now)
-        self._count_attempt["blocked" if outcome.blocked else "failed"](1)
+        decided.counted.append(self._count_attempt["blocked" if outcome.blocked else "failed"])
         if endpoint.failing_since is None:
             endpoint.failing_since = now
             decided.failing_since[endpoint.endpoint_id] = now
@@ -324,7 +333,7 @@ class WebhooksRuntime:
         due = now + jittered(schedule[claim.attempts])
         if due > now:  # its queue waits for it (else it is sent again at once)
             decided.waits[endpoint.endpoint_id] = due
-        self.metrics.inc(M_RETRIES)
+        decided.counted.append(self._count_retry)
         log.info("webhooks: delivery %s to endpoint %s, attempt %d failed (%s); next in %.1f s",
                  claim.delivery_id, endpoint.endpoint_id, claim.attempts, outcome.error,
                  due - now)

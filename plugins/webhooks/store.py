@@ -102,41 +102,42 @@ _HEAD = ("(SELECT seq FROM deliveries WHERE endpoint_id = ? "
 # go of it, and the loop for it); the few outcomes other than delivered are one
 # statement a row.
 
-#: the due front of each queue of ``?1`` ([endpoint id, after], ...): its first ``?3``
+#: the due front of each queue of ``:fronts`` ([endpoint id, after], ...): its first ``:per``
 #: deliveries not ended after ``seq`` *after* (0: from its head; else the last one
-#: claimed, still in flight), up to the first that is not due at ``?2`` (a retry's wait,
+#: claimed, still in flight), up to the first that is not due at ``:now`` (a retry's wait,
 #: or a lease still running); as one JSON array of [seq, delivery id, event id,
 #: endpoint id, attempts so far]
 _DUE_FRONTS = (
     "SELECT json_group_array(json_array(d.seq, d.delivery_id, d.event_id, d.endpoint_id, "
-    "d.attempts)) FROM json_each(?1) AS q, deliveries AS d WHERE d.seq IN (SELECT seq "
-    "FROM (SELECT seq, MAX(next_attempt_at > ?2) OVER (ORDER BY seq) AS held FROM (SELECT "
+    "d.attempts)) FROM json_each(:fronts) AS q, deliveries AS d WHERE d.seq IN (SELECT seq "
+    "FROM (SELECT seq, MAX(next_attempt_at > :now) OVER (ORDER BY seq) AS held FROM (SELECT "
     "seq, next_attempt_at FROM deliveries WHERE endpoint_id = json_extract(q.value, '$[0]') "
     "AND status IN ('pending', 'delivering') AND seq > json_extract(q.value, '$[1]') "
-    "ORDER BY seq LIMIT ?3)) WHERE held = 0)")
-#: claim the deliveries of ``?3`` (:data:`_DUE_FRONTS`' array) until ``?1``, at ``?2``
+    "ORDER BY seq LIMIT :per)) WHERE held = 0)")
+#: claim the deliveries of ``:claimed`` (:data:`_DUE_FRONTS`' array) until ``:lease``, at
+#: ``:now``
 _CLAIM = ("UPDATE deliveries SET status = 'delivering', attempts = attempts + 1, "
-          "next_attempt_at = ?1, updated_at = ?2 WHERE seq IN (SELECT json_extract(value, "
-          "'$[0]') FROM json_each(?3))")
-#: give claims back, uncounted: the seqs of ``?2``, at ``?1`` (by rowid: ``+status``
+          "next_attempt_at = :lease, updated_at = :now WHERE seq IN (SELECT json_extract(value, "
+          "'$[0]') FROM json_each(:claimed))")
+#: give claims back, uncounted: the seqs of ``:seqs``, at ``:now`` (by rowid: ``+status``
 #: keeps the status index, every delivery in flight, out of it)
 _RELEASE = ("UPDATE deliveries SET status = 'pending', attempts = attempts - 1, "
-            "next_attempt_at = ?1, updated_at = ?1 WHERE seq IN (SELECT value FROM "
-            "json_each(?2)) AND +status = 'delivering'")
-#: record deliveries delivered at ``?1`` with status code ``?2``: the seqs of ``?3`` (the
+            "next_attempt_at = :now, updated_at = :now WHERE seq IN (SELECT value FROM "
+            "json_each(:seqs)) AND +status = 'delivering'")
+#: record deliveries delivered at ``:now`` with status code ``:code``: the seqs of ``:seqs`` (the
 #: most outcomes by far, so one statement for all; ``+status``: by rowid)
-_DELIVERED = ("UPDATE deliveries SET status = 'delivered', next_attempt_at = ?1, "
-              "last_status_code = ?2, last_error = '', updated_at = ?1 WHERE seq IN (SELECT "
-              "value FROM json_each(?3)) AND +status = 'delivering'")
+_DELIVERED = ("UPDATE deliveries SET status = 'delivered', next_attempt_at = :now, "
+              "last_status_code = :code, last_error = '', updated_at = :now WHERE seq IN "
+              "(SELECT value FROM json_each(:seqs)) AND +status = 'delivering'")
 #: record any other outcome (one statement a row: ``UPDATE … FROM json_each`` would
 #: cost SQLite more than the rows themselves) - params: status, due, code, error,
 #: attempts added, now, seq
 _FINISH = ("UPDATE deliveries SET status = ?, next_attempt_at = ?, last_status_code = ?, "
            "last_error = ?, attempts = attempts + ?, updated_at = ? "
            "WHERE seq = ? AND status = 'delivering'")
-#: ``?1`` [[endpoint id, failing since], ...]
+#: ``:rows`` [[endpoint id, failing since], ...]
 _FAILING_SINCE = ("UPDATE endpoints SET failing_since = json_extract(f.value, '$[1]') "
-                  "FROM json_each(?1) AS f "
+                  "FROM json_each(:rows) AS f "
                   "WHERE endpoints.endpoint_id = json_extract(f.value, '$[0]')")
 #: when an endpoint's head is due (or its lease ends) - params: endpoint id
 _NEXT_DUE = f"SELECT endpoint_id, next_attempt_at FROM deliveries WHERE seq = {_HEAD}"
@@ -380,18 +381,20 @@ class Outbox(SqliteStore):
             db.execute("BEGIN IMMEDIATE")  # the due fronts read, then claimed: no writer between
             try:
                 for code, seqs in groups:
-                    db.execute(_DELIVERED, (now, code, seqs))
+                    db.execute(_DELIVERED, {"now": now, "code": code, "seqs": seqs})
                 if finished:
                     db.executemany(_FINISH, finished)
                 if released:  # after: a retry claimed again, then cut short by a stop
-                    db.execute(_RELEASE, (now, released))
+                    db.execute(_RELEASE, {"now": now, "seqs": released})
                 if failing:
-                    db.execute(_FAILING_SINCE, (failing,))
+                    db.execute(_FAILING_SINCE, {"rows": failing})
                 claimed, due = "[]", {}
                 if fronts:
-                    [(claimed,)] = db.execute(_DUE_FRONTS, (fronts, now, per_endpoint))
+                    [(claimed,)] = db.execute(
+                        _DUE_FRONTS, {"fronts": fronts, "now": now, "per": per_endpoint})
                     if claimed != "[]":
-                        db.execute(_CLAIM, (lease_until, now, claimed))
+                        db.execute(_CLAIM, {"lease": lease_until, "now": now,
+                                           "claimed": claimed})
                     if whole:  # those whose queue gave nothing: when its head is due
                         found = {row[3] for row in json.loads(claimed)}
                         due = _next_due(db, [e for e in whole if e not in found])
